@@ -1,0 +1,155 @@
+"""Perplexity over sliding windows, as LLM-Pruner reports WikiText-2/PTB numbers.
+
+LLM-Pruner scores non-overlapping windows of 128 tokens. We default to the model's own
+context (capped at 2048) and let callers set both the window (``ctx_len``) and the step
+(``stride``): with ``stride < ctx_len`` every scored token sees at least
+``ctx_len - stride`` tokens of context, which is the HF "sliding window" protocol.
+Every token after the first is scored exactly once either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from qpruner.errors import QPrunerError
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    nll: float  # mean negative log-likelihood per scored token, in nats
+    tokens: int  # tokens scored
+    ctx_len: int
+    stride: int
+    windows: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _windows(n: int, ctx_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) for each window over ``n`` tokens."""
+    out = []
+    prev_end = 0
+    for begin in range(0, n, stride):
+        end = min(begin + ctx_len, n)
+        first = max(begin + 1, prev_end)
+        if first < end:
+            out.append((begin, end, first))
+        prev_end = end
+        if end == n:
+            break
+    return out
+
+
+def default_ctx_len(model: torch.nn.Module) -> int:
+    return int(min(getattr(model.config, "max_position_embeddings", 2048) or 2048, 2048))
+
+
+@torch.no_grad()
+def perplexity(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    ctx_len: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of ``model`` on the 1-D token tensor ``ids``."""
+    ids = ids.reshape(-1)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n = ids.numel()
+    ctx_len = ctx_len or default_ctx_len(model)
+    stride = stride or ctx_len
+    if ctx_len < 2 or stride < 1 or stride > ctx_len:
+        raise QPrunerError(f"need ctx_len >= 2 and 1 <= stride <= ctx_len, got ctx_len={ctx_len} stride={stride}")
+    if n < 2:
+        raise QPrunerError(f"perplexity needs at least 2 tokens of text, got {n}")
+    device = model.get_input_embeddings().weight.device
+    windows = _windows(n, ctx_len, stride)
+    was_training = model.training
+    model.eval()
+    total_nll = 0.0
+    total_tokens = 0
+    # Batch only windows of one length together (all but possibly the last are full).
+    groups: list[list[tuple[int, int, int]]] = []
+    for w in windows:
+        if groups and len(groups[-1]) < batch_size and (groups[-1][0][1] - groups[-1][0][0]) == (w[1] - w[0]):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    bar = tqdm(total=len(windows), desc="perplexity", unit="win", disable=not progress, leave=False)
+    try:
+        for group in groups:
+            batch = torch.stack([ids[b:e] for b, e, _ in group]).to(device)
+            logits = model(input_ids=batch).logits.float()
+            logp = F.log_softmax(logits[:, :-1], dim=-1)
+            tgt = batch[:, 1:]
+            nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # [B, L-1], nll[:, j] scores position j+1
+            for row, (b, _e, first) in enumerate(group):
+                scored = nll[row, first - b - 1 :]
+                total_nll += scored.double().sum().item()
+                total_tokens += scored.numel()
+            bar.update(len(group))
+    finally:
+        bar.close()
+        model.train(was_training)
+    mean = total_nll / total_tokens
+    return PerplexityResult(math.exp(mean), mean, total_tokens, ctx_len, stride, len(windows))
+
+
+def load_eval_text(source: str | Path, text_field: str = "text") -> str:
+    """Text from a file, a ``datasets.save_to_disk`` directory, or ``hf:NAME[/CONFIG][@SPLIT]``.
+
+    Dataset rows are joined with blank lines, as LLM-Pruner does for WikiText/PTB.
+    """
+    src = str(source)
+    path = Path(src)
+    if src.startswith("hf:"):
+        spec = src[3:]
+        spec, _, split = spec.partition("@")
+        name, _, config = spec.partition("/")
+        import datasets  # deferred: heavy import, only needed for datasets
+
+        try:
+            ds = datasets.load_dataset(name, config or None, split=split or "test")
+        except Exception as exc:  # hub/network/format errors all mean "cannot read this dataset"
+            raise QPrunerError(f"cannot load dataset {src!r}: {exc}") from exc
+        return _join_rows(ds, text_field, src)
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise QPrunerError(f"{path} is not UTF-8 text: {exc}") from exc
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as exc:
+            raise QPrunerError(f"{path} is not a text file or a saved dataset: {exc}") from exc
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["test"] if "test" in ds else next(iter(ds.values()))
+        return _join_rows(ds, text_field, src)
+    raise QPrunerError(f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:NAME/CONFIG@SPLIT)")
+
+
+def _join_rows(ds, text_field: str, src: str) -> str:
+    if text_field not in ds.column_names:
+        raise QPrunerError(f"dataset {src!r} has no column {text_field!r} (columns: {ds.column_names})")
+    return "\n\n".join(ds[text_field])
+
+
+def load_eval_tokens(source: str | Path, tokenizer, text_field: str = "text") -> torch.Tensor:
+    """Tokenise evaluation text in one piece (windows are cut from the token stream)."""
+    text = load_eval_text(source, text_field)
+    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
+    return ids

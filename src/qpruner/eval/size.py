@@ -1,0 +1,61 @@
+"""Parameter count, weight bytes and the per-layer shape table of a model.
+
+Bytes are counted from the tensors actually held (``numel * element_size`` of each
+distinct storage), so tied embeddings count once and packed quantized tensors count at
+their packed size; nothing is derived from the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from qpruner.architecture import LayerShape, config_shape, layer_shapes
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    params: int
+    weight_bytes: int
+    layers: list[LayerShape] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [s.to_dict() for s in self.layers]
+        return d
+
+
+def model_size(model: nn.Module) -> ModelSize:
+    seen: set[int] = set()
+    params = 0
+    nbytes = 0
+    for p in model.parameters():
+        key = p.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        params += p.numel()
+        nbytes += p.numel() * p.element_size()
+    return ModelSize(params, nbytes, layer_shapes(model))
+
+
+def shape_table(model: nn.Module) -> str:
+    """A plain-text table of each layer's heads, KV heads and MLP width vs the original."""
+    base = config_shape(model.config)
+    rows = [f"{'layer':>5}  {'heads':>9}  {'kv_heads':>9}  {'mlp':>13}"]
+    for i, s in enumerate(layer_shapes(model)):
+        rows.append(
+            f"{i:>5}  {s.num_attention_heads:>4}/{base.num_attention_heads:<4}  "
+            f"{s.num_key_value_heads:>4}/{base.num_key_value_heads:<4}  "
+            f"{s.intermediate_size:>6}/{base.intermediate_size:<6}"
+        )
+    return "\n".join(rows)
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

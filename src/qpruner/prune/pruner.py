@@ -1,0 +1,131 @@
+"""Structured pruning of a LLaMA-layout model: score, select, slice."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qpruner.architecture import LayerShape, check_supported, decoder_layers, layer_shape, layer_shapes
+from qpruner.errors import QPrunerError
+from qpruner.eval.size import model_size
+from qpruner.prune.config import LayerTarget, PruneConfig, layer_targets
+from qpruner.prune.gradients import accumulate_gradients
+from qpruner.prune.importance import layer_scores
+from qpruner.prune.structure import slice_layer
+
+
+@dataclass
+class LayerPruning:
+    """What one layer kept, in the layer's indices before pruning."""
+
+    layer: int
+    kept_heads: list[int]
+    kept_kv_heads: list[int]
+    kept_channels: list[int]
+    before: LayerShape
+    after: LayerShape
+
+
+@dataclass
+class PruneResult:
+    config: PruneConfig
+    layers: list[LayerPruning]
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+
+    def to_dict(self, with_indices: bool = True) -> dict:
+        d = asdict(self)
+        if not with_indices:
+            for layer in d["layers"]:
+                for k in ("kept_heads", "kept_kv_heads", "kept_channels"):
+                    layer.pop(k)
+        return d
+
+
+def _top(scores: torch.Tensor, k: int) -> list[int]:
+    order = torch.argsort(scores, descending=True, stable=True)
+    return sorted(order[:k].tolist())
+
+
+def _select(layer: nn.Module, target: LayerTarget, head_mode: str, heads: torch.Tensor, channels: torch.Tensor):
+    shape = layer_shape(layer)
+    groups = shape.num_attention_heads // shape.num_key_value_heads
+    if head_mode == "group":
+        kv = _top(heads, target.keep_kv_heads)
+        q = [k * groups + j for k in kv for j in range(groups)]
+    else:
+        per_group = target.keep_heads // target.keep_kv_heads
+        kv = list(range(shape.num_key_value_heads))
+        q = []
+        for k in kv:
+            local = _top(heads[k * groups : (k + 1) * groups], per_group)
+            q += [k * groups + j for j in local]
+    return q, kv, _top(channels, target.keep_channels)
+
+
+def prune_model(
+    model: nn.Module,
+    config: PruneConfig,
+    samples: torch.Tensor | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` in place per ``config``; ``samples`` ([N, L] token ids) feed Taylor methods."""
+    check_supported(model)
+    config.validate()
+    t0 = time.perf_counter()
+    size_before = model_size(model)
+    shapes = layer_shapes(model)
+    targets = layer_targets(config, shapes)
+    todo = [
+        t.layer for t, s in zip(targets, shapes, strict=True)
+        if (t.keep_heads, t.keep_kv_heads, t.keep_channels)
+        != (s.num_attention_heads, s.num_key_value_heads, s.intermediate_size)
+    ]
+    if config.needs_gradients and todo and samples is None:
+        raise QPrunerError(f"importance {config.importance!r} needs calibration data (--calib-data)")
+    layers = decoder_layers(model)
+    gen = torch.Generator().manual_seed(config.seed)
+    chunk = config.grad_chunk_layers or max(1, len(todo))
+    results: dict[int, LayerPruning] = {}
+    bar = tqdm(total=len(todo), desc=f"prune ({config.importance})", unit="layer", disable=not progress)
+    for c in range(0, len(todo), chunk):
+        part = todo[c : c + chunk]
+        grads = None
+        if config.needs_gradients:
+            grads = accumulate_gradients(
+                model, samples, part, fisher=config.importance == "taylor2",
+                micro_batch=config.micro_batch, progress=progress,
+            )
+        # Score the whole chunk before slicing any of it: gradients refer to the unpruned chunk.
+        chosen = {}
+        for i in part:
+            heads, channels = layer_scores(
+                layers[i], config.importance, config.head_mode, grads[i] if grads else None, gen
+            )
+            chosen[i] = _select(layers[i], targets[i], config.head_mode, heads, channels)
+        del grads
+        for i in part:
+            q, kv, ch = chosen[i]
+            before = layer_shape(layers[i])
+            slice_layer(layers[i], q, kv, ch)
+            results[i] = LayerPruning(i, q, kv, ch, before, layer_shape(layers[i]))
+            bar.update(1)
+    bar.close()
+    for i, s in enumerate(shapes):
+        if i not in results:
+            results[i] = LayerPruning(
+                i, list(range(s.num_attention_heads)), list(range(s.num_key_value_heads)),
+                list(range(s.intermediate_size)), s, s,
+            )
+    size_after = model_size(model)
+    return PruneResult(
+        config, [results[i] for i in range(len(shapes))], size_before.params, size_after.params,
+        size_before.weight_bytes, size_after.weight_bytes, time.perf_counter() - t0,
+    )
