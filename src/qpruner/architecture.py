@@ -55,7 +55,9 @@ def check_supported(model: nn.Module) -> None:
         missing = [n for n in ATTN_PROJ if not isinstance(getattr(attn, n, None), nn.Linear)]
         missing += [n for n in MLP_PROJ if not isinstance(getattr(mlp, n, None), nn.Linear)]
         if missing:
-            raise UnsupportedModelError(f"decoder layer {i} lacks LLaMA-layout linear modules: {', '.join(missing)}")
+            raise UnsupportedModelError(
+                f"decoder layer {i} lacks LLaMA-layout linear modules: {', '.join(missing)}"
+            )
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -71,7 +73,9 @@ def layer_shape(layer: nn.Module) -> LayerShape:
     """Read a layer's shape from its weights (the truth), not from the config."""
     attn, mlp = layer.self_attn, layer.mlp
     hd = attn.head_dim
-    return LayerShape(attn.q_proj.out_features // hd, attn.k_proj.out_features // hd, mlp.up_proj.out_features)
+    return LayerShape(
+        attn.q_proj.out_features // hd, attn.k_proj.out_features // hd, mlp.up_proj.out_features
+    )
 
 
 def layer_shapes(model: nn.Module) -> list[LayerShape]:

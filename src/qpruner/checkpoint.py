@@ -73,7 +73,9 @@ def _read_tensors(path: Path, device: str | torch.device) -> dict[str, torch.Ten
         files = [path / f for f in sorted(set(weight_map.values()))]
     else:
         if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-            raise CheckpointError(f"{path} holds pickle weights only; qpruner loads safetensors, never pickles")
+            raise CheckpointError(
+                f"{path} holds pickle weights only; qpruner loads safetensors, never pickles"
+            )
         raise CheckpointError(f"{path} has no model.safetensors (or sharded index)")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
@@ -143,7 +145,8 @@ def _adopt(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, dtype
     for k, t in tensors.items():
         if tuple(t.shape) != tuple(expected[k].shape):
             raise CheckpointError(
-                f"{path}: tensor {k} has shape {tuple(t.shape)} but the config records {tuple(expected[k].shape)}"
+                f"{path}: tensor {k} has shape {tuple(t.shape)} "
+                f"but the config records {tuple(expected[k].shape)}"
             )
     tensors = {k: (t.to(dtype) if t.is_floating_point() else t) for k, t in tensors.items()}
     model.load_state_dict(tensors, strict=False, assign=True)
@@ -163,6 +166,25 @@ def _adopt(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, dtype
     leftovers = [n for n, p in model.named_parameters() if p.is_meta]
     if leftovers:
         raise CheckpointError(f"{path}: no weights for {leftovers[:3]}")
+
+
+def stored_layer_shapes(source: str | Path) -> list[LayerShape] | None:
+    """Layer shapes from a local directory's config alone (no weights read), else None.
+
+    Lets callers reject impossible settings before spending minutes loading a large model.
+    """
+    path = Path(str(source)).expanduser()
+    if not (path / "config.json").is_file():
+        return None
+    raw = _read_config(path)
+    if isinstance(raw.get(CONFIG_KEY), dict) and "layers" in raw[CONFIG_KEY]:
+        return [LayerShape.from_dict(d) for d in raw[CONFIG_KEY]["layers"]]
+    try:
+        heads = int(raw["num_attention_heads"])
+        shape = LayerShape(heads, int(raw.get("num_key_value_heads") or heads), int(raw["intermediate_size"]))
+        return [shape] * int(raw["num_hidden_layers"])
+    except (KeyError, TypeError, ValueError):
+        return None  # not a LLaMA-layout config; loading will say so
 
 
 def load_tokenizer(path_or_id: str | Path):
@@ -204,4 +226,3 @@ def load_model(
     check_supported(model)
     model.eval()
     return model
-

@@ -3,8 +3,9 @@
 LLM-Pruner scores non-overlapping windows of 128 tokens. We default to the model's own
 context (capped at 2048) and let callers set both the window (``ctx_len``) and the step
 (``stride``): with ``stride < ctx_len`` every scored token sees at least
-``ctx_len - stride`` tokens of context, which is the HF "sliding window" protocol.
-Every token after the first is scored exactly once either way.
+``ctx_len - stride`` tokens of context (the HF "sliding window" protocol) and every token
+after the first is scored exactly once. With ``stride == ctx_len`` (LLM-Pruner's protocol)
+the first token of each window has no context and is not scored.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def perplexity(
     ctx_len = ctx_len or default_ctx_len(model)
     stride = stride or ctx_len
     if ctx_len < 2 or stride < 1 or stride > ctx_len:
-        raise QPrunerError(f"need ctx_len >= 2 and 1 <= stride <= ctx_len, got ctx_len={ctx_len} stride={stride}")
+        raise QPrunerError(
+            f"need ctx_len >= 2 and 1 <= stride <= ctx_len, got ctx_len={ctx_len} stride={stride}"
+        )
     if n < 2:
         raise QPrunerError(f"perplexity needs at least 2 tokens of text, got {n}")
     device = model.get_input_embeddings().weight.device
@@ -139,7 +142,9 @@ def load_eval_text(source: str | Path, text_field: str = "text") -> str:
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["test"] if "test" in ds else next(iter(ds.values()))
         return _join_rows(ds, text_field, src)
-    raise QPrunerError(f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:NAME/CONFIG@SPLIT)")
+    raise QPrunerError(
+        f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:NAME/CONFIG@SPLIT)"
+    )
 
 
 def _join_rows(ds, text_field: str, src: str) -> str:

@@ -46,7 +46,9 @@ class PruneConfig:
             for i, r in enumerate(self.layer_ratios):
                 _check_ratio(r, f"layer_ratios[{i}]")
         if self.importance not in IMPORTANCE_METHODS:
-            raise QPrunerError(f"unknown importance {self.importance!r}; choose from {', '.join(IMPORTANCE_METHODS)}")
+            raise QPrunerError(
+                f"unknown importance {self.importance!r}; choose from {', '.join(IMPORTANCE_METHODS)}"
+            )
         if self.head_mode not in HEAD_MODES:
             raise QPrunerError(f"unknown head_mode {self.head_mode!r}; choose from {', '.join(HEAD_MODES)}")
         if self.channel_multiple < 1:
@@ -81,6 +83,11 @@ class LayerTarget:
     keep_channels: int
 
 
+def effective_head_mode(mode: str, groups: int) -> str:
+    """Without GQA (one query head per KV head) a head is a whole group: both modes agree."""
+    return "group" if groups == 1 else mode
+
+
 def _round(x: float) -> int:
     return math.floor(x + 0.5)
 
@@ -89,7 +96,9 @@ def layer_ratios(cfg: PruneConfig, n_layers: int) -> list[tuple[float, float]]:
     """(attention ratio, MLP ratio) for each decoder layer."""
     if cfg.layer_ratios is not None:
         if len(cfg.layer_ratios) != n_layers:
-            raise QPrunerError(f"layer_ratios has {len(cfg.layer_ratios)} entries but the model has {n_layers} layers")
+            raise QPrunerError(
+                f"layer_ratios has {len(cfg.layer_ratios)} entries but the model has {n_layers} layers"
+            )
         return [(r, r) for r in cfg.layer_ratios]
     start = cfg.layer_start if cfg.layer_start >= 0 else n_layers + cfg.layer_start
     end = cfg.layer_end if cfg.layer_end >= 0 else n_layers + cfg.layer_end
@@ -110,16 +119,19 @@ def layer_targets(cfg: PruneConfig, shapes: list[LayerShape]) -> list[LayerTarge
     targets = []
     for i, ((ra, rm), s) in enumerate(zip(layer_ratios(cfg, len(shapes)), shapes, strict=True)):
         groups = s.num_attention_heads // s.num_key_value_heads
-        if cfg.head_mode == "group":
+        mode = effective_head_mode(cfg.head_mode, groups)
+        if mode == "group":
             kv = s.num_key_value_heads - _round(ra * s.num_key_value_heads)
             q = kv * groups
         else:
             kv = s.num_key_value_heads
             q = kv * (groups - _round(ra * groups))
         if q == 0:
-            unit = "KV groups" if cfg.head_mode == "group" else "query heads per group"
+            units = (
+                f"{s.num_key_value_heads} KV groups" if mode == "group" else f"{groups} query heads per group"
+            )
             raise QPrunerError(
-                f"ratio {ra} would remove every head of layer {i} ({s.num_key_value_heads if cfg.head_mode == 'group' else groups} {unit}); use a smaller ratio"
+                f"ratio {ra} would remove every head of layer {i} ({units}); use a smaller ratio"
             )
         m = cfg.channel_multiple
         ch = _round(s.intermediate_size * (1.0 - rm) / m) * m if rm > 0 else s.intermediate_size

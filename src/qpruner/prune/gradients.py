@@ -18,8 +18,15 @@ from tqdm.auto import tqdm
 from qpruner.architecture import decoder_layers, model_device
 from qpruner.prune.importance import LayerGrads
 
-SCORED_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+SCORED_MODULES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
 def accumulate_gradients(
@@ -68,8 +75,12 @@ def accumulate_gradients(
         handles = [p.register_post_accumulate_grad_hook(fold) for p in targets]
         model.eval()  # no dropout: scores must be deterministic for a given sample set
         device = model_device(model)
-        bar = tqdm(total=n_batches, desc=f"gradients L{layer_indices[0]}-{layer_indices[-1]}",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=n_batches,
+            desc=f"gradients L{layer_indices[0]}-{layer_indices[-1]}",
+            disable=not progress,
+            leave=False,
+        )
         with torch.enable_grad():
             for b in range(n_batches):
                 mb = samples[b * micro_batch : (b + 1) * micro_batch].to(device)

@@ -74,10 +74,14 @@ def layer_scores(
     """(score per head unit, score per MLP channel) for one decoder layer; higher = keep."""
     attn = layer.self_attn
     if method == "random":
-        n_units = attn.k_proj.out_features // attn.head_dim if head_mode == "group" else (
-            attn.q_proj.out_features // attn.head_dim
+        n_units = (
+            attn.k_proj.out_features // attn.head_dim
+            if head_mode == "group"
+            else (attn.q_proj.out_features // attn.head_dim)
         )
-        return torch.rand(n_units, generator=generator), torch.rand(layer.mlp.up_proj.out_features, generator=generator)
+        return torch.rand(n_units, generator=generator), torch.rand(
+            layer.mlp.up_proj.out_features, generator=generator
+        )
     heads = _coupled_scores(layer, head_couplings(attn, head_mode), method, grads)
     channels = _coupled_scores(layer, CHANNEL_COUPLINGS, method, grads)
     return heads, channels

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from qpruner.architecture import LayerShape, check_supported, decoder_layers, layer_shape, layer_shapes
 from qpruner.errors import QPrunerError
 from qpruner.eval.size import model_size
-from qpruner.prune.config import LayerTarget, PruneConfig, layer_targets
+from qpruner.prune.config import LayerTarget, PruneConfig, effective_head_mode, layer_targets
 from qpruner.prune.gradients import accumulate_gradients
 from qpruner.prune.importance import layer_scores
 from qpruner.prune.structure import slice_layer
@@ -54,10 +54,16 @@ def _top(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(order[:k].tolist())
 
 
-def _select(layer: nn.Module, target: LayerTarget, head_mode: str, heads: torch.Tensor, channels: torch.Tensor):
+def _head_mode(layer: nn.Module, mode: str) -> str:
+    return effective_head_mode(mode, layer.self_attn.num_key_value_groups)
+
+
+def _select(
+    layer: nn.Module, target: LayerTarget, head_mode: str, heads: torch.Tensor, channels: torch.Tensor
+):
     shape = layer_shape(layer)
     groups = shape.num_attention_heads // shape.num_key_value_heads
-    if head_mode == "group":
+    if _head_mode(layer, head_mode) == "group":
         kv = _top(heads, target.keep_kv_heads)
         q = [k * groups + j for k in kv for j in range(groups)]
     else:
@@ -84,7 +90,8 @@ def prune_model(
     shapes = layer_shapes(model)
     targets = layer_targets(config, shapes)
     todo = [
-        t.layer for t, s in zip(targets, shapes, strict=True)
+        t.layer
+        for t, s in zip(targets, shapes, strict=True)
         if (t.keep_heads, t.keep_kv_heads, t.keep_channels)
         != (s.num_attention_heads, s.num_key_value_heads, s.intermediate_size)
     ]
@@ -94,38 +101,56 @@ def prune_model(
     gen = torch.Generator().manual_seed(config.seed)
     chunk = config.grad_chunk_layers or max(1, len(todo))
     results: dict[int, LayerPruning] = {}
-    bar = tqdm(total=len(todo), desc=f"prune ({config.importance})", unit="layer", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"score ({config.importance})", unit="layer", disable=not progress)
+    # Score every layer on the unpruned model first (only the small score vectors are kept),
+    # so that scoring in chunks gives exactly what one pass would.
+    chosen = {}
     for c in range(0, len(todo), chunk):
         part = todo[c : c + chunk]
         grads = None
         if config.needs_gradients:
             grads = accumulate_gradients(
-                model, samples, part, fisher=config.importance == "taylor2",
-                micro_batch=config.micro_batch, progress=progress,
+                model,
+                samples,
+                part,
+                fisher=config.importance == "taylor2",
+                micro_batch=config.micro_batch,
+                progress=progress,
             )
-        # Score the whole chunk before slicing any of it: gradients refer to the unpruned chunk.
-        chosen = {}
         for i in part:
             heads, channels = layer_scores(
-                layers[i], config.importance, config.head_mode, grads[i] if grads else None, gen
+                layers[i],
+                config.importance,
+                _head_mode(layers[i], config.head_mode),
+                grads[i] if grads else None,
+                gen,
             )
             chosen[i] = _select(layers[i], targets[i], config.head_mode, heads, channels)
-        del grads
-        for i in part:
-            q, kv, ch = chosen[i]
-            before = layer_shape(layers[i])
-            slice_layer(layers[i], q, kv, ch)
-            results[i] = LayerPruning(i, q, kv, ch, before, layer_shape(layers[i]))
             bar.update(1)
+        del grads
+    for i in todo:
+        q, kv, ch = chosen[i]
+        before = layer_shape(layers[i])
+        slice_layer(layers[i], q, kv, ch)
+        results[i] = LayerPruning(i, q, kv, ch, before, layer_shape(layers[i]))
     bar.close()
     for i, s in enumerate(shapes):
         if i not in results:
             results[i] = LayerPruning(
-                i, list(range(s.num_attention_heads)), list(range(s.num_key_value_heads)),
-                list(range(s.intermediate_size)), s, s,
+                i,
+                list(range(s.num_attention_heads)),
+                list(range(s.num_key_value_heads)),
+                list(range(s.intermediate_size)),
+                s,
+                s,
             )
     size_after = model_size(model)
     return PruneResult(
-        config, [results[i] for i in range(len(shapes))], size_before.params, size_after.params,
-        size_before.weight_bytes, size_after.weight_bytes, time.perf_counter() - t0,
+        config,
+        [results[i] for i in range(len(shapes))],
+        size_before.params,
+        size_after.params,
+        size_before.weight_bytes,
+        size_after.weight_bytes,
+        time.perf_counter() - t0,
     )

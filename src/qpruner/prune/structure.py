@@ -70,7 +70,9 @@ def _rows(units: torch.Tensor, span: int) -> torch.Tensor:
     return (units.unsqueeze(1) * span + torch.arange(span, device=units.device)).reshape(-1)
 
 
-def slice_layer(layer: nn.Module, keep_q_heads: list[int], keep_kv_heads: list[int], keep_channels: list[int]) -> None:
+def slice_layer(
+    layer: nn.Module, keep_q_heads: list[int], keep_kv_heads: list[int], keep_channels: list[int]
+) -> None:
     """Physically remove everything not kept. Indices refer to the layer before slicing.
 
     Query heads must be grouped by their KV head (each kept KV head keeps the same number

@@ -1,0 +1,48 @@
+"""``qpruner eval``: size, shapes and perplexity of a model in one report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from qpruner.checkpoint import load_model, load_tokenizer
+from qpruner.eval.perplexity import PerplexityResult, load_eval_tokens, perplexity
+from qpruner.eval.size import ModelSize, model_size, shape_table
+
+
+@dataclass
+class EvalReport:
+    model: str
+    size: ModelSize
+    shape_table: str
+    ppl: dict[str, PerplexityResult] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "size": self.size.to_dict(),
+            "ppl": {k: asdict(v) for k, v in self.ppl.items()},
+        }
+
+
+def evaluate(
+    model_src: str | Path,
+    ppl_sources: list[str] = (),
+    ctx_len: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    max_tokens: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> EvalReport:
+    model = load_model(model_src, dtype=dtype, device=device)
+    report = EvalReport(str(model_src), model_size(model), shape_table(model))
+    if ppl_sources:
+        tokenizer = load_tokenizer(model_src)
+        for src in ppl_sources:
+            ids = load_eval_tokens(src, tokenizer)
+            report.ppl[src] = perplexity(model, ids, ctx_len, stride, batch_size, max_tokens, progress)
+    return report
