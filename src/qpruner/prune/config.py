@@ -34,7 +34,7 @@ class PruneConfig:
     seed: int = 0
     head_mode: str = "group"  # group: KV head + its query heads; query: query heads within each group
     channel_multiple: int = 1
-    grad_chunk_layers: int | None = None  # accumulate gradients for this many layers per pass
+    grad_chunk_layers: int | None = None  # layers per gradient pass; None: all (half for taylor2)
     micro_batch: int = 1
 
     def validate(self) -> None:

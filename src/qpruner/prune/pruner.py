@@ -49,6 +49,16 @@ class PruneResult:
         return d
 
 
+def default_grad_chunk(importance: str, n_layers: int) -> int:
+    """Layers per gradient pass when the user does not say.
+
+    Measured on a TinyLlama-shaped model (benchmarks/prune_memory.py): one pass peaks at
+    1.87x the model's bytes for ``taylor`` (one accumulator) but 2.64x for ``taylor2`` (two),
+    so ``taylor2`` scores half the layers per pass to stay under ~2x.
+    """
+    return max(1, n_layers if importance != "taylor2" else (n_layers + 1) // 2)
+
+
 def _top(scores: torch.Tensor, k: int) -> list[int]:
     order = torch.argsort(scores, descending=True, stable=True)
     return sorted(order[:k].tolist())
@@ -99,7 +109,7 @@ def prune_model(
         raise QPrunerError(f"importance {config.importance!r} needs calibration data (--calib-data)")
     layers = decoder_layers(model)
     gen = torch.Generator().manual_seed(config.seed)
-    chunk = config.grad_chunk_layers or max(1, len(todo))
+    chunk = config.grad_chunk_layers or default_grad_chunk(config.importance, len(todo))
     results: dict[int, LayerPruning] = {}
     bar = tqdm(total=len(todo), desc=f"score ({config.importance})", unit="layer", disable=not progress)
     # Score every layer on the unpruned model first (only the small score vectors are kept),
