@@ -174,3 +174,8 @@ def test_qwen2_and_mistral_prune_via_api(tmp_path):
         assert res.params_after < res.params_before
         qpruner.save_pruned(model, tmp_path / kind)
         assert layer_shapes(qpruner.load_pruned(tmp_path / kind)) == layer_shapes(model)
+
+
+def test_reference_without_corpus_is_a_one_line_error(tmp_path, capsys):
+    rc, _, err = run(capsys, "reference", "--corpus-dir", tmp_path / "nowhere", "--cache-dir", tmp_path)
+    assert rc == 1 and err.count("\n") == 1 and "not found" in err
