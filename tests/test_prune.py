@@ -159,3 +159,14 @@ def test_taylor_without_samples_and_non_llama_model():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(UnsupportedModelError, match="'gpt2'"):
         prune_model(gpt2, cfg(importance="l1"), progress=False)
+
+
+def test_bf16_model_prunes_with_bf16_accumulators():
+    """bf16 is how large models are pruned on GPUs; scoring must work without upcasting the model."""
+    model = make_model("gqa", dtype=torch.bfloat16)
+    result = prune_model(model, cfg(importance="taylor2"), samples(), progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert result.bytes_after < result.bytes_before
+    assert result.bytes_after == 2 * result.params_after
+    with torch.no_grad():
+        assert torch.isfinite(model(samples()).logits.float()).all()

@@ -84,7 +84,7 @@ def accumulate_gradients(
         with torch.enable_grad():
             for b in range(n_batches):
                 mb = samples[b * micro_batch : (b + 1) * micro_batch].to(device)
-                loss = model(input_ids=mb, labels=mb).loss
+                loss = model(input_ids=mb, labels=mb, use_cache=False).loss
                 loss.backward()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
