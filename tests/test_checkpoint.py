@@ -99,3 +99,16 @@ def test_pickle_weights_are_refused(tmp_path):
 def test_load_model_reads_stock_hf_directories(model_dir):
     model = load_model(model_dir)
     assert len(layer_shapes(model)) == 6 and model.config.model_type == "llama"
+
+
+def test_sharded_checkpoint_round_trip(tmp_path):
+    model = pruned_model("gqa")
+    save_pruned(model, tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    loaded = load_pruned(tmp_path)
+    want, got = model.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    next(tmp_path.glob("model-*.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match="shard missing"):
+        load_pruned(tmp_path)

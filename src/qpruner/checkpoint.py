@@ -32,7 +32,13 @@ FORMAT_VERSION = 1
 CONFIG_KEY = "qpruner"
 
 
-def save_pruned(model: nn.Module, out_dir: str | Path, tokenizer=None, extra: dict | None = None) -> Path:
+def save_pruned(
+    model: nn.Module,
+    out_dir: str | Path,
+    tokenizer=None,
+    extra: dict | None = None,
+    max_shard_size: str | int = "5GB",
+) -> Path:
     """Save ``model`` (pruned or not) so that :func:`load_pruned` rebuilds it exactly."""
     check_supported(model)
     out = Path(out_dir)
@@ -44,7 +50,7 @@ def save_pruned(model: nn.Module, out_dir: str | Path, tokenizer=None, extra: di
     if extra:
         meta.update(extra)
     setattr(model.config, CONFIG_KEY, meta)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
