@@ -160,3 +160,21 @@ def test_bad_config_is_a_user_error():
         ReferenceConfig(num_attention_heads=8, num_key_value_heads=3)
     with pytest.raises(QPrunerError):
         ReferenceConfig(seq_len=512, max_position_embeddings=256)
+
+
+def test_corpus_found_beside_the_package_from_any_cwd(corpus, tmp_path, monkeypatch):
+    """`qpruner reference` run from outside the checkout still finds ../shared of the checkout."""
+    import qpruner.reference as reference
+
+    monkeypatch.delenv("QPRUNER_DATA", raising=False)
+    data = tmp_path / "checkout-parent" / "shared" / "data" / "wikitext-2"
+    data.mkdir(parents=True)
+    for name in ("valid.txt", "test.txt"):
+        (data / name).write_text((corpus / name).read_text())
+    package = tmp_path / "checkout-parent" / "main" / "src" / "qpruner"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(reference, "__file__", str(package / "reference.py"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resolve_corpus() == data

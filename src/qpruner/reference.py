@@ -110,14 +110,18 @@ def default_cache_dir() -> Path:
 
 def resolve_corpus(corpus_dir: str | Path | None = None) -> Path:
     """The WikiText-2 directory: explicit argument, else ``$QPRUNER_DATA/wikitext-2``, else the first
-    ``shared/data/wikitext-2`` found walking up from the working directory (``../shared`` in CI)."""
+    ``shared/data/wikitext-2`` found walking up from the working directory or from the package
+    (``../shared`` in CI)."""
     if corpus_dir is not None:
         candidates = [Path(corpus_dir)]
     elif os.environ.get("QPRUNER_DATA"):
         candidates = [Path(os.environ["QPRUNER_DATA"]) / "wikitext-2"]
     else:
-        here = Path.cwd().resolve()
-        candidates = [d / "shared" / "data" / "wikitext-2" for d in (here, *here.parents)]
+        # From the working directory, then from this file (an editable install inside a
+        # checkout finds ../shared wherever the command is run from).
+        starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
+        dirs = dict.fromkeys(d for start in starts for d in (start, *start.parents))
+        candidates = [d / "shared" / "data" / "wikitext-2" for d in dirs]
     for c in candidates:
         if (c / TRAIN_FILE).is_file() and (c / TEST_FILE).is_file():
             return c
