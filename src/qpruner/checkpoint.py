@@ -12,7 +12,11 @@ safetensors tensors directly, so peak memory is about one copy of the pruned wei
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +26,7 @@ from torch import nn
 from qpruner.architecture import (
     LayerShape,
     check_supported,
+    config_shape,
     decoder_layers,
     layer_shapes,
     resize_layer,
@@ -54,6 +59,21 @@ def save_pruned(
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Make the finished directory ``tmp`` appear at ``final`` in one rename.
+
+    An existing ``final`` is moved aside first and deleted only once the new one is in
+    place, so a crash at any point leaves a complete old or new directory, never half of one.
+    """
+    aside = None
+    if final.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+        os.replace(final, aside / "entry")
+    os.replace(tmp, final)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _read_config(path: Path) -> dict:
@@ -186,10 +206,8 @@ def stored_layer_shapes(source: str | Path) -> list[LayerShape] | None:
     if isinstance(raw.get(CONFIG_KEY), dict) and "layers" in raw[CONFIG_KEY]:
         return [LayerShape.from_dict(d) for d in raw[CONFIG_KEY]["layers"]]
     try:
-        heads = int(raw["num_attention_heads"])
-        shape = LayerShape(heads, int(raw.get("num_key_value_heads") or heads), int(raw["intermediate_size"]))
-        return [shape] * int(raw["num_hidden_layers"])
-    except (KeyError, TypeError, ValueError):
+        return [config_shape(SimpleNamespace(**raw))] * int(raw["num_hidden_layers"])
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None  # not a LLaMA-layout config; loading will say so
 
 

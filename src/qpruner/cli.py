@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from qpruner.errors import QPrunerError
@@ -92,24 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_prune(args: argparse.Namespace) -> None:
     from qpruner.device import resolve_device, resolve_dtype
-    from qpruner.eval.size import format_bytes
+    from qpruner.eval.size import format_bytes, format_shape_table
     from qpruner.prune.config import PruneConfig
     from qpruner.prune.workflow import prune_checkpoint
 
+    # Every PruneConfig field that has a flag of the same name comes from that flag.
     config = PruneConfig(
-        ratio=args.ratio,
-        attn_ratio=args.attn_ratio,
-        mlp_ratio=args.mlp_ratio,
-        layer_start=args.layer_start,
-        layer_end=args.layer_end,
-        layer_ratios=args.layer_ratios,
-        importance=args.importance,
-        n_samples=args.n_samples,
-        seq_len=args.seq_len,
-        seed=args.seed,
-        head_mode=args.head_mode,
-        channel_multiple=args.channel_multiple,
-        grad_chunk_layers=args.grad_chunk_layers,
+        **{f.name: getattr(args, f.name) for f in fields(PruneConfig) if hasattr(args, f.name)}
     )
     device = resolve_device(args.device)
     result = prune_checkpoint(
@@ -125,14 +115,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     pct = 100.0 * (1 - result.params_after / result.params_before)
     print(f"params: {result.params_before:,} -> {result.params_after:,} (-{pct:.1f}%)")
     print(f"weight bytes: {format_bytes(result.bytes_before)} -> {format_bytes(result.bytes_after)}")
-    print(f"{'layer':>5}  {'heads':>7}  {'kv':>5}  {'mlp':>11}")
-    for lp in result.layers:
-        b, a = lp.before, lp.after
-        print(
-            f"{lp.layer:>5}  {a.num_attention_heads:>3}/{b.num_attention_heads:<3}  "
-            f"{a.num_key_value_heads:>2}/{b.num_key_value_heads:<2}  "
-            f"{a.intermediate_size:>5}/{b.intermediate_size:<5}"
-        )
+    print(format_shape_table([(lp.after, lp.before) for lp in result.layers]))
     print(f"saved to {args.out} in {result.seconds:.1f}s")
 
 

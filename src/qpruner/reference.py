@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from qpruner.architecture import model_device
+from qpruner.checkpoint import replace_dir
 from qpruner.errors import QPrunerError
 
 # Bump when the training recipe or the saved layout changes, so old cache entries are not reused.
@@ -236,7 +238,7 @@ def _make_model(cfg: ReferenceConfig, tokenizer):
 
 def _train(model, ids: torch.Tensor, cfg: ReferenceConfig, progress: bool) -> tuple[float, float, int]:
     """AdamW (no decay on norms) with warm-up + cosine; returns (seconds, smoothed final loss, tokens)."""
-    device = model.get_input_embeddings().weight.device
+    device = model_device(model)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -366,12 +368,8 @@ def _save_atomically(model, tokenizer, cfg: ReferenceConfig, result: ReferenceRe
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         for f in (tmp, *tmp.iterdir()):  # mkdtemp (and the safetensors writer) make them private
             os.chmod(f, 0o755 if f.is_dir() else 0o644)
-        if final.exists():  # force=True, or an incomplete entry: move it aside, then swap in
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-            os.replace(final, old / "entry")
-            shutil.rmtree(old, ignore_errors=True)
         try:
-            os.replace(tmp, final)
+            replace_dir(tmp, final)  # force=True, or an incomplete entry, is swapped out
         except OSError:
             if _load_cached(final) is None:
                 raise  # otherwise a concurrent build of the same key won the race, with equal weights

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from qpruner.architecture import model_device
 from qpruner.errors import QPrunerError
 
 
@@ -76,7 +77,7 @@ def perplexity(
         )
     if n < 2:
         raise QPrunerError(f"perplexity needs at least 2 tokens of text, got {n}")
-    device = model.get_input_embeddings().weight.device
+    device = model_device(model)
     windows = _windows(n, ctx_len, stride)
     was_training = model.training
     model.eval()

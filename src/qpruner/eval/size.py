@@ -40,17 +40,22 @@ def model_size(model: nn.Module) -> ModelSize:
     return ModelSize(params, nbytes, layer_shapes(model))
 
 
-def shape_table(model: nn.Module) -> str:
-    """A plain-text table of each layer's heads, KV heads and MLP width vs the original."""
-    base = config_shape(model.config)
+def format_shape_table(pairs: list[tuple[LayerShape, LayerShape]]) -> str:
+    """Plain-text table of each layer's heads, KV heads and MLP width as ``now/before``."""
     rows = [f"{'layer':>5}  {'heads':>9}  {'kv_heads':>9}  {'mlp':>13}"]
-    for i, s in enumerate(layer_shapes(model)):
+    for i, (s, base) in enumerate(pairs):
         rows.append(
             f"{i:>5}  {s.num_attention_heads:>4}/{base.num_attention_heads:<4}  "
             f"{s.num_key_value_heads:>4}/{base.num_key_value_heads:<4}  "
             f"{s.intermediate_size:>6}/{base.intermediate_size:<6}"
         )
     return "\n".join(rows)
+
+
+def shape_table(model: nn.Module) -> str:
+    """The model's layer shapes against the original (uniform) shape its config describes."""
+    base = config_shape(model.config)
+    return format_shape_table([(s, base) for s in layer_shapes(model)])
 
 
 def format_bytes(n: int) -> str:

@@ -53,7 +53,7 @@ def default_grad_chunk(importance: str, n_layers: int) -> int:
     """Layers per gradient pass when the user does not say.
 
     Measured on a TinyLlama-shaped model (benchmarks/prune_memory.py): one pass peaks at
-    1.87x the model's bytes for ``taylor`` (one accumulator) but 2.64x for ``taylor2`` (two),
+    1.85x the model's bytes for ``taylor`` (one accumulator) but 2.61x for ``taylor2`` (two),
     so ``taylor2`` scores half the layers per pass to stay under ~2x.
     """
     return max(1, n_layers if importance != "taylor2" else (n_layers + 1) // 2)
@@ -71,9 +71,10 @@ def _head_mode(layer: nn.Module, mode: str) -> str:
 def _select(
     layer: nn.Module, target: LayerTarget, head_mode: str, heads: torch.Tensor, channels: torch.Tensor
 ):
+    """Kept (query heads, KV heads, channels); ``head_mode`` is the layer's effective mode."""
     shape = layer_shape(layer)
     groups = shape.num_attention_heads // shape.num_key_value_heads
-    if _head_mode(layer, head_mode) == "group":
+    if head_mode == "group":
         kv = _top(heads, target.keep_kv_heads)
         q = [k * groups + j for k in kv for j in range(groups)]
     else:
@@ -128,14 +129,11 @@ def prune_model(
                 progress=progress,
             )
         for i in part:
+            mode = _head_mode(layers[i], config.head_mode)
             heads, channels = layer_scores(
-                layers[i],
-                config.importance,
-                _head_mode(layers[i], config.head_mode),
-                grads[i] if grads else None,
-                gen,
+                layers[i], config.importance, mode, grads[i] if grads else None, gen
             )
-            chosen[i] = _select(layers[i], targets[i], config.head_mode, heads, channels)
+            chosen[i] = _select(layers[i], targets[i], mode, heads, channels)
             bar.update(1)
         del grads
     for i in todo:

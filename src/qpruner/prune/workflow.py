@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from qpruner.checkpoint import load_model, load_tokenizer, save_pruned, stored_layer_shapes
+from qpruner.checkpoint import load_model, load_tokenizer, replace_dir, save_pruned, stored_layer_shapes
 from qpruner.errors import QPrunerError
 from qpruner.prune.calibration import calibration_samples
 from qpruner.prune.config import PruneConfig, layer_targets
@@ -20,17 +20,6 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to clobber earlier results unless asked: a run must never lose finished work."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise QPrunerError(f"output {out} already exists and is not empty; pass --overwrite to replace it")
-
-
-def atomic_replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        backup = out.with_name(out.name + ".old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def prune_checkpoint(
@@ -68,7 +57,7 @@ def prune_checkpoint(
     try:
         save_pruned(model, tmp, tokenizer, extra={"source": str(model_src), "prune_config": config.to_dict()})
         (tmp / "pruning.json").write_text(json.dumps(result.to_dict(), indent=1))
-        atomic_replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
