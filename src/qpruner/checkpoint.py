@@ -228,7 +228,7 @@ def _first_line(exc: BaseException) -> str:
 def load_model(
     source: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Load a pruned qpruner directory, a HF model directory, or a hub model id."""
+    """Load a recovered or pruned qpruner directory, a HF model directory, or a hub model id."""
     from transformers import AutoModelForCausalLM
 
     src = str(source)
@@ -236,6 +236,10 @@ def load_model(
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; expected a model directory")
+        if (path / "recovery.json").is_file():  # quantized base + LoRA adapter (qpruner finetune)
+            from qpruner.lora.export import load_recovered
+
+            return load_recovered(path, device=device)
         if CONFIG_KEY in _read_config(path):  # also a clear error for a directory without config.json
             return load_pruned(path, dtype=dtype, device=device)
     elif src.startswith((".", "/", "~")) or src.count("/") > 1:
