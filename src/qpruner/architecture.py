@@ -61,6 +61,8 @@ def check_supported(model: nn.Module) -> None:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    if hasattr(model, "get_base_model"):  # a peft wrapper
+        model = model.get_base_model()
     return model.model.layers
 
 

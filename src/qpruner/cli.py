@@ -88,7 +88,64 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", help="cache root (default $QPRUNER_CACHE or ~/.cache/qpruner)")
     r.add_argument("--force", action="store_true", help="retrain even if cached")
     r.add_argument("--no-progress", action="store_true")
+    _add_recover_parsers(sub)
     return parser
+
+
+def _add_plan_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", help="plan JSON (per-layer formats and LoRA ranks); overrides --bits/--rank")
+    p.add_argument(
+        "--bits", type=int, default=4, help="uniform plan: 2, 3, 4 (NF4), 8 (int8) or 16 (no quant)"
+    )
+    p.add_argument(
+        "--format", dest="weight_format", help="uniform plan: exact format (nf4, fp4, int8, hqq3, ...)"
+    )
+    p.add_argument("--rank", type=int, default=8, help="uniform plan: LoRA rank (default 8)")
+    p.add_argument("--alpha", type=float, help="uniform plan: LoRA alpha (default 2 x rank)")
+
+
+def _add_recover_parsers(sub) -> None:
+    from qpruner.lora.train import TrainConfig
+
+    t = TrainConfig()
+    p = sub.add_parser("plan", help="write a uniform plan for a model and price its fine-tuning memory")
+    p.add_argument("--model", required=True, help="pruned model directory (or any LLaMA-layout model)")
+    _add_plan_source(p)
+    p.add_argument(
+        "--dtype", default="auto", help="unquantized dtype: auto (bf16 on CUDA, else fp32), bf16, fp32"
+    )
+    p.add_argument("--micro-batch", type=int, default=t.micro_batch)
+    p.add_argument("--cutoff-len", type=int, default=t.cutoff_len)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--out", help="write the plan JSON here")
+
+    f = sub.add_parser("finetune", help="quantize per a plan and recover with LoRA (per-layer ranks)")
+    f.add_argument("--model", required=True, help="pruned model directory (or any LLaMA-layout model)")
+    f.add_argument("--data", required=True, help="Alpaca .json/.jsonl, or a plain text file")
+    f.add_argument("--out", required=True, help="output: adapter/, plan.json, merged/, checkpoints/")
+    _add_plan_source(f)
+    f.add_argument(
+        "--loftq", action="store_true", help="LoftQ init: LoRA starts at the quantization error's SVD"
+    )
+    f.add_argument("--epochs", type=float, default=t.epochs)
+    f.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    f.add_argument("--batch-size", type=int, default=t.batch_size, help="examples per optimizer step")
+    f.add_argument("--micro-batch", type=int, default=t.micro_batch, help="examples per forward/backward")
+    f.add_argument("--lr", type=float, default=t.lr)
+    f.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    f.add_argument("--cutoff-len", type=int, default=t.cutoff_len, help="tokens per example")
+    f.add_argument("--train-on-outputs-only", action="store_true", help="no loss on Alpaca prompts")
+    f.add_argument("--gradient-checkpointing", action="store_true")
+    f.add_argument("--save-every", type=int, default=t.save_every, help="checkpoint every N steps")
+    f.add_argument("--seed", type=int, default=t.seed)
+    f.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    f.add_argument("--overwrite", action="store_true", help="discard an existing --out")
+    f.add_argument("--no-export", action="store_true", help="skip the merged (dequantized) export")
+    f.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    f.add_argument(
+        "--dtype", default="auto", help="uniform plan: unquantized dtype (auto: bf16 on CUDA, else fp32)"
+    )
+    f.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
@@ -159,7 +216,96 @@ def _cmd_reference(args: argparse.Namespace) -> None:
     print(f"test perplexity: model {res.test_ppl:.2f}   unigram {res.unigram_ppl:.2f}")
 
 
-COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "reference": _cmd_reference}
+def _plan_from_args(args: argparse.Namespace, device):
+    from qpruner.lora.recover import default_dtype, uniform_plan
+    from qpruner.plan import Plan
+
+    if args.plan:
+        return Plan.load(args.plan)
+    dtype = default_dtype(device) if args.dtype == "auto" else args.dtype
+    return uniform_plan(args.model, args.bits, args.rank, args.alpha, dtype, args.weight_format)
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from transformers import AutoConfig
+
+    from qpruner.device import resolve_device
+    from qpruner.memory import estimate, format_memory_table
+
+    plan = _plan_from_args(args, resolve_device("auto"))
+    config = AutoConfig.from_pretrained(args.model)
+    plan.validate(num_layers=config.num_hidden_layers)
+    predicted = estimate(config, plan, args.micro_batch, args.cutoff_len, args.gradient_checkpointing)
+    plan.memory = {"predicted": predicted.to_dict(), "batch": args.micro_batch, "seq_len": args.cutoff_len}
+    print(_plan_table(plan))
+    print(format_memory_table(predicted))
+    if args.out:
+        print(f"plan written to {plan.save(args.out)}")
+
+
+def _plan_table(plan) -> str:
+    rows = [f"{'layer':>5}  {'pruned':>7}  {'format':>7}  {'bits':>5}  {'rank':>5}  {'alpha':>6}"]
+    for i, lp in enumerate(plan.layers):
+        pr = "" if lp.prune_ratio is None else f"{100 * lp.prune_ratio:.1f}%"
+        fmt = lp.weight_format + ("*" if lp.module_formats else "")
+        rank = f"{lp.lora_rank}" + ("*" if lp.module_ranks else "")
+        rows.append(
+            f"{i:>5}  {pr:>7}  {fmt:>7}  {plan.bits_per_layer()[i]:>5.1f}  {rank:>5}  {lp.lora_alpha:>6g}"
+        )
+    return "\n".join(rows) + ("\n(* per-module overrides)" if any("*" in r for r in rows) else "")
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from qpruner.device import resolve_device
+    from qpruner.lora.recover import finetune
+    from qpruner.lora.train import TrainConfig
+
+    device = resolve_device(args.device)
+    plan = _plan_from_args(args, device)
+    config = TrainConfig(
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        cutoff_len=args.cutoff_len,
+        train_on_inputs=not args.train_on_outputs_only,
+        gradient_checkpointing=args.gradient_checkpointing,
+        save_every=args.save_every,
+        seed=args.seed,
+    )
+    res = finetune(
+        args.model,
+        args.data,
+        args.out,
+        plan,
+        config,
+        loftq=args.loftq,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=device,
+        export=not args.no_export,
+        progress=not args.no_progress,
+    )
+    t = res.train
+    if t.resumed_from:
+        print(f"resumed from step {t.resumed_from}")
+    first = f"{t.losses[0]:.4f} -> " if len(t.losses) > 1 else ""
+    print(f"trained {t.steps} steps: loss {first}{t.losses[-1]:.4f}" if t.losses else "nothing left to train")
+    print(f"trainable params: {res.trainable_params:,}   {t.tokens_per_second:.0f} tok/s")
+    print(_plan_table(res.plan))
+    print(res.memory_table())
+    print(f"saved to {res.out_dir} (adapter/, plan.json{'' if args.no_export else ', merged/'})")
+
+
+COMMANDS = {
+    "prune": _cmd_prune,
+    "eval": _cmd_eval,
+    "reference": _cmd_reference,
+    "plan": _cmd_plan,
+    "finetune": _cmd_finetune,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ optimizer hold (storages counted once) plus the peak resident-set growth during 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +207,16 @@ def _proc_kib(field_name: str) -> int:
     return int(m.group(1)) * 1024 if m else 0
 
 
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``).
+
+    Without this, memory freed by the previous step stays resident and the next step reuses
+    it without growing the resident set, so a step's peak would read as almost nothing.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMeter:
     """Peak memory growth over a block of code: CUDA allocator peak, or CPU resident-set peak.
 
@@ -222,6 +234,7 @@ class PeakMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_heap()
             try:
                 _CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
                 self._base = _proc_kib("VmRSS")

@@ -27,16 +27,27 @@ class ModelSize:
 
 
 def model_size(model: nn.Module) -> ModelSize:
+    """Logical parameter count (a packed weight counts its ``out x in`` weights) and bytes held."""
+    from qpruner.memory import held_memory  # memory prices plans with this module's formatter
+    from qpruner.quant.backends import is_packed_module
+
+    held = held_memory(model)
+    nbytes = held["packed_weights"] + held["dense_weights"] + held["lora_params"]
     seen: set[int] = set()
     params = 0
-    nbytes = 0
+    for module in model.modules():
+        if is_packed_module(module):
+            params += module.in_features * module.out_features
+            seen.add(module.weight.data_ptr())
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                params += bias.numel()
+                seen.add(bias.data_ptr())
     for p in model.parameters():
         key = p.data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        params += p.numel()
-        nbytes += p.numel() * p.element_size()
+        if key not in seen:
+            seen.add(key)
+            params += p.numel()
     return ModelSize(params, nbytes, layer_shapes(model))
 
 

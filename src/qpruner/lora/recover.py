@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from qpruner.architecture import LayerShape, config_shape, decoder_layers, layer_shapes
+from qpruner.architecture import LayerShape, config_shape, layer_shapes
 from qpruner.checkpoint import load_model, load_tokenizer, stored_layer_shapes
 from qpruner.errors import QPrunerError
 from qpruner.lora.apply import apply_plan
@@ -42,41 +42,42 @@ def _layer_linear_params(shape: LayerShape, hidden: int, head_dim: int) -> int:
     return hidden * (2 * q + 2 * kv) + 3 * hidden * shape.intermediate_size
 
 
-def uniform_plan(
-    model,
-    weight_format: str | None = None,
-    bits: int | None = None,
-    rank: int = 8,
-    alpha: float | None = None,
-    dtype: str | None = None,
-) -> Plan:
-    """QLoRA-style plan for ``model``: one format and rank everywhere, shapes and prune ratios recorded."""
-    dtype = dtype or {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-        next(model.parameters()).dtype, "fp32"
-    )
-    fmt = weight_format or format_for_bits(bits if bits is not None else 16, dtype)
-    shapes = layer_shapes(model)
-    plan = Plan.uniform(
-        len(shapes),
-        fmt,
-        rank,
-        alpha,
-        dtype=dtype,
-        shapes=shapes,
-        model=getattr(model.config, "_name_or_path", None),
-    )
-    record_pruning(plan, model)
+def record_pruning(plan: Plan, config, shapes: list[LayerShape]) -> Plan:
+    """Record each layer's shape and pruning ratio (share of its linear weights removed)."""
+    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    full = _layer_linear_params(config_shape(config), config.hidden_size, hd)
+    for lp, shape in zip(plan.layers, shapes, strict=True):
+        lp.shape = shape
+        lp.prune_ratio = round(1.0 - _layer_linear_params(shape, config.hidden_size, hd) / full, 6)
     return plan
 
 
-def record_pruning(plan: Plan, model) -> None:
-    """Each layer's pruning ratio: the share of its linear weights removed relative to the config."""
-    cfg = model.config
-    hd = decoder_layers(model)[0].self_attn.head_dim
-    full = _layer_linear_params(config_shape(cfg), cfg.hidden_size, hd)
-    for lp, shape in zip(plan.layers, layer_shapes(model), strict=True):
-        lp.shape = shape
-        lp.prune_ratio = round(1.0 - _layer_linear_params(shape, cfg.hidden_size, hd) / full, 6)
+def default_dtype(device: torch.device) -> str:
+    """bf16 on CUDA (QLoRA's compute dtype), fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def uniform_plan(
+    model_src: str | Path,
+    bits: int = 4,
+    rank: int = 8,
+    alpha: float | None = None,
+    dtype: str = "fp32",
+    weight_format: str | None = None,
+) -> Plan:
+    """One format and rank everywhere (QLoRA at 4 bits, LoRA at 16), from the stored config alone."""
+    from transformers import AutoConfig
+
+    shapes = stored_layer_shapes(model_src)
+    try:
+        config = AutoConfig.from_pretrained(str(model_src))
+    except (OSError, ValueError) as exc:
+        raise QPrunerError(f"cannot read the config of {model_src}: {str(exc).splitlines()[0]}") from exc
+    if shapes is None:
+        shapes = [config_shape(config)] * config.num_hidden_layers
+    fmt = weight_format or format_for_bits(bits, dtype)
+    plan = Plan.uniform(len(shapes), fmt, rank, alpha, dtype=dtype, model=str(model_src))
+    return record_pruning(plan, config, shapes)
 
 
 def finetune(
@@ -109,16 +110,14 @@ def finetune(
         import shutil
 
         shutil.rmtree(out / "checkpoints")
+    if plan is None:
+        plan = uniform_plan(model_src, 4, 8, dtype=default_dtype(device))
     shapes = stored_layer_shapes(model_src)
-    if plan is not None and shapes is not None:
-        plan.validate(num_layers=len(shapes), shapes=shapes)
+    plan.validate(num_layers=len(shapes) if shapes else None, shapes=shapes)
     tokenizer = load_tokenizer(model_src)
     examples = load_examples(data, tokenizer, cfg.cutoff_len, cfg.train_on_inputs)
-    model = load_model(model_src, dtype=plan_dtype(plan) if plan else None, device=device)
-    if plan is None:
-        plan = uniform_plan(model, "nf4")
-    else:
-        record_pruning(plan, model)
+    model = load_model(model_src, dtype=plan_dtype(plan), device=device)
+    record_pruning(plan, model.config, layer_shapes(model))
     plan.model = plan.model or str(model_src)
     predicted = estimate(model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing)
     peft_model = apply_plan(model, plan, loftq=loftq, progress=progress)
