@@ -22,6 +22,7 @@ def apply_plan(model: nn.Module, plan: Plan, loftq: bool = False, progress: bool
     weights start as usual (B = 0). Raises a one-line error if the plan does not fit the model.
     """
     check_plan_fits(model, plan)
+    was_training = model.training
     config = lora_config(plan)
     check_pattern_keys(config, [n for n, _ in model.named_modules()])
     ranks, alphas = plan.ranks(), plan.alphas()
@@ -35,6 +36,7 @@ def apply_plan(model: nn.Module, plan: Plan, loftq: bool = False, progress: bool
 
     quantize_model(model, plan, progress=progress, on_replace=remember if loftq else None)
     peft_model = get_peft_model(model, config)
+    peft_model.train(was_training)  # peft's new dropout modules start in training mode
     check_lora_applied(peft_model, plan)
     if loftq:
         if not factors:

@@ -8,11 +8,16 @@ both module types and wraps them in its matching LoRA layers (see ``qpruner.lora
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from qpruner.errors import QPrunerError
 from qpruner.quant.packing import BNB_BLOCKSIZE, BNB_DOUBLE_QUANT, hqq_group_size
+
+# bitsandbytes warns on every int8 matmul with float32 inputs (our CPU compute dtype); once is plenty.
+warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
 
 
 def _bnb():
@@ -52,6 +57,11 @@ def quantize_linear(linear: nn.Linear, fmt: str, compute_dtype: torch.dtype) -> 
             quant_type=fmt,
             device="meta",
         )
+        # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for a faster kernel on
+        # its first no-grad forward: the absmax is un-nested to float32 (more bytes than the
+        # plan was priced at) and output widths must be multiples of 32, which pruned layers
+        # often are not. Keep the portable layout, the same on every machine.
+        q.support_avx512bf16_for_cpu = False
         q.weight = bnb.nn.Params4bit(
             weight.to("cpu", torch.float32),
             requires_grad=False,
