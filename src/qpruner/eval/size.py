@@ -29,7 +29,7 @@ class ModelSize:
 def model_size(model: nn.Module) -> ModelSize:
     """Logical parameter count (a packed weight counts its ``out x in`` weights) and bytes held."""
     from qpruner.memory import held_memory  # memory prices plans with this module's formatter
-    from qpruner.quant.backends import is_packed_module
+    from qpruner.quant.backends import held_tensors, is_packed_module
 
     held = held_memory(model)
     nbytes = held["packed_weights"] + held["dense_weights"] + held["lora_params"]
@@ -37,12 +37,9 @@ def model_size(model: nn.Module) -> ModelSize:
     params = 0
     for module in model.modules():
         if is_packed_module(module):
-            params += module.in_features * module.out_features
-            seen.add(module.weight.data_ptr())
             bias = getattr(module, "bias", None)
-            if bias is not None:
-                params += bias.numel()
-                seen.add(bias.data_ptr())
+            params += module.in_features * module.out_features + (bias.numel() if bias is not None else 0)
+            seen.update(t.data_ptr() for t in held_tensors(module))
     for p in model.parameters():
         key = p.data_ptr()
         if key not in seen:

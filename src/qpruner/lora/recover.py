@@ -120,6 +120,7 @@ def finetune(
     record_pruning(plan, model.config, layer_shapes(model))
     plan.model = plan.model or str(model_src)
     predicted = estimate(model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing)
+    torch.manual_seed(cfg.seed)  # LoRA A's random init: the same run twice gives the same adapter
     peft_model = apply_plan(model, plan, loftq=loftq, progress=progress)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
