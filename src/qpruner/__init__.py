@@ -3,16 +3,31 @@
 import logging
 
 
-class _DropBnbKernelHubNotice(logging.Filter):
-    """bitsandbytes logs a warning at import on AVX512-BF16 CPUs unless the optional ``kernels``
-    package (a hub download) is present; its portable CPU path works without it, so every
-    CLI error would otherwise start with a misleading line."""
+class _QuietBitsandbytes(logging.Filter):
+    """Two bitsandbytes log lines that mislead more than they inform on our paths.
+
+    At import on AVX512-BF16 CPUs it warns that the optional ``kernels`` package (a hub
+    download) is missing; its portable CPU path works without it. And every int8 matmul with
+    float32 inputs (our CPU compute dtype) logs that inputs are cast to float16: once is enough.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cast_seen = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
+        msg = str(record.msg)
+        if msg.startswith("Failed to load CPU gemm_4bit_forward"):
+            return False
+        if msg.startswith("MatMul8bitLt: inputs will be cast"):
+            seen, self.cast_seen = self.cast_seen, True
+            return not seen
+        return True
 
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropBnbKernelHubNotice())
+_quiet = _QuietBitsandbytes()
+for _name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+    logging.getLogger(_name).addFilter(_quiet)
 
 from qpruner.checkpoint import load_model, load_pruned, load_tokenizer, save_pruned  # noqa: E402
 from qpruner.errors import QPrunerError  # noqa: E402

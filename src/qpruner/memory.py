@@ -97,28 +97,31 @@ def _module_dims(config, shape: LayerShape) -> dict[str, tuple[int, int, bool]]:
 
 
 def activation_bytes(
-    config, shapes: list[LayerShape], tokens: int, dtype_bytes: int, checkpointing: bool
+    config, shapes: list[LayerShape], batch: int, seq_len: int, dtype_bytes: int, checkpointing: bool
 ) -> int:
-    """Tensors autograd keeps for backward, per token (an estimate, see the module docstring).
+    """Peak bytes of activations during one forward/backward (an estimate, see the module docstring).
 
-    Per layer: the residual input and the RMSNorm intermediates (kept in float32 by
-    transformers), one LoRA-dropout copy of each LoRA input, q/k/v before and after RoPE,
-    the attention output, and gate/up/act/product of the MLP. Plus float32 logits, their
-    log-softmax and its gradient over the vocabulary. With gradient checkpointing only each
-    layer's input is kept, plus one layer's worth during its recomputation.
+    Per layer and token, autograd keeps about ``14 h + 2 q + 2 kv + 5 i`` values (a census of
+    ``saved_tensors_hooks`` on a LLaMA layer with LoRA on all seven linears: residual and
+    RMSNorm inputs, each LoRA input, q/k/v, attention output, gate/up/act/product). During
+    backward one layer's activation gradients and its attention scores (the CPU SDPA path
+    materialises them) exist on top of that, and the loss holds float32 logits, their
+    log-softmax and both gradients: four vocabulary-sized rows per token. With gradient
+    checkpointing only each layer's input is kept, plus one layer during recomputation.
     """
     h = int(_get(config, "hidden_size"))
+    tokens = batch * seq_len
     per_layer = []
     for s in shapes:
         dims = _module_dims(config, s)
-        q, kv, i = dims["self_attn.q_proj"][0], dims["self_attn.k_proj"][0], s.intermediate_size
-        elems = 5 * h + 3 * h + 2 * q + 2 * kv + q + kv + q + q  # norm, dropout copies, q/k/v(+rope), attn, o
-        elems += 5 * h + 2 * h + 4 * i + i  # norm, dropout copies, gate/up/act/prod, down's dropout copy
-        per_layer.append(elems * dtype_bytes)
-    vocab = int(_get(config, "vocab_size"))
-    logits = 3 * vocab * 4
-    layers = len(shapes) * h * dtype_bytes + max(per_layer) if checkpointing else sum(per_layer)
-    return tokens * (layers + logits)
+        q, kv = dims["self_attn.q_proj"][0], dims["self_attn.k_proj"][0]
+        per_layer.append((14 * h + 2 * q + 2 * kv + 5 * s.intermediate_size) * dtype_bytes * tokens)
+    widest = max(range(len(shapes)), key=lambda i: per_layer[i])
+    scores = batch * shapes[widest].num_attention_heads * seq_len * seq_len * dtype_bytes
+    kept = len(shapes) * h * dtype_bytes * tokens if checkpointing else sum(per_layer)
+    transient = 2 * per_layer[widest] if checkpointing else per_layer[widest]
+    logits = 4 * int(_get(config, "vocab_size")) * 4 * tokens
+    return kept + transient + scores + logits
 
 
 def estimate(
@@ -150,7 +153,7 @@ def estimate(
                 dense += (out_f * in_f + (out_f if bias else 0)) * DENSE_FORMATS[fmt] // 8
             if module in plan.target_modules:
                 lora += lp.rank_of(module) * (in_f + out_f) * LORA_BYTES
-    acts = activation_bytes(model_config, shapes, batch_size * seq_len, wbytes, gradient_checkpointing)
+    acts = activation_bytes(model_config, shapes, batch_size, seq_len, wbytes, gradient_checkpointing)
     return MemoryReport(
         {
             "packed_weights": packed,

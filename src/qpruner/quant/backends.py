@@ -8,16 +8,11 @@ both module types and wraps them in its matching LoRA layers (see ``qpruner.lora
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
 from qpruner.errors import QPrunerError
 from qpruner.quant.packing import BNB_BLOCKSIZE, BNB_DOUBLE_QUANT, hqq_group_size
-
-# bitsandbytes warns on every int8 matmul with float32 inputs (our CPU compute dtype); once is plenty.
-warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
 
 
 def _bnb():
