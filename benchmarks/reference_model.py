@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         ("unigram baseline", f"{res.unigram_ppl:.2f}"),
     ]
     print(f"\nreference model: {res.path}{'  (cached)' if res.cached else ''}")
-    print(f"{'test perplexity':<20}{'WikiText-2 test':>16}")
+    print(f"{'test perplexity':<20}{res.corpus_name + ' test':>16}")
     for name, value in rows:
         print(f"{name:<20}{value:>16}")
     print(

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from qpruner.errors import QPrunerError
+from qpruner.pydoc_corpus import describe_corpus, pydoc_texts
 from qpruner.reference import ReferenceConfig, build_reference, cache_key, resolve_corpus
 
 SUBJECTS = ["the cat", "a dog", "the old farmer", "my sister", "the small bird", "a tired soldier"]
@@ -136,11 +137,54 @@ def test_cache_key_tracks_config_and_corpus(corpus, tmp_path):
 
 
 def test_missing_corpus_is_a_user_error(tmp_path, monkeypatch):
+    """An explicit corpus folder that is not there is an error, never silently replaced."""
     with pytest.raises(QPrunerError, match="not found"):
         build_reference(TINY, corpus_dir=tmp_path / "nowhere", cache_dir=tmp_path, progress=False)
     monkeypatch.setenv("QPRUNER_DATA", str(tmp_path / "data"))
     with pytest.raises(QPrunerError, match=str(tmp_path / "data" / "wikitext-2")):
-        resolve_corpus()
+        resolve_corpus(fallback=False)
+
+
+def test_pydoc_fallback_without_wikitext(corpus, tmp_path, monkeypatch):
+    """A fresh clone (no shared data) trains on Python's help texts, and says so."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("QPRUNER_DATA", str(empty))
+    cache = tmp_path / "cache"
+    found = resolve_corpus(cache_dir=cache)
+    assert found.parent == cache / "corpus" and found.name.startswith("pydoc_data-")
+    assert describe_corpus(found).startswith("pydoc_data (Python ")
+    train, test = (found / "valid.txt").read_text(), (found / "test.txt").read_text()
+    assert len(train.split()) > 30_000 and len(test.split()) > 7_000  # ~43k and ~10k words (3.11)
+    assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
+    paragraphs = {p.strip() for p in train.split("\n\n")}
+    assert not [p for p in test.split("\n\n") if p.strip() in paragraphs]  # held out
+    # Deterministic: resolving again rewrites nothing and gives the same bytes.
+    mtime = (found / "valid.txt").stat().st_mtime_ns
+    assert resolve_corpus(cache_dir=cache) == found
+    assert (found / "valid.txt").stat().st_mtime_ns == mtime
+    assert pydoc_texts()[:2] == (train, test)
+    assert cache_key(TINY, found) != cache_key(TINY, corpus)
+
+
+def test_reference_records_the_fallback_corpus(tmp_path, monkeypatch):
+    import qpruner.pydoc_corpus as pydoc_corpus
+
+    full = pydoc_corpus.pydoc_texts
+
+    def shortened():  # the plumbing, not the size: a full-corpus evaluation takes ~20 s here
+        train, test, info = full()
+        return train[:12_000], test[:3_000], info
+
+    monkeypatch.setattr(pydoc_corpus, "pydoc_texts", shortened)
+    monkeypatch.setenv("QPRUNER_DATA", str(tmp_path / "absent"))
+    cfg = ReferenceConfig(**{**TINY.__dict__, "steps": 2})
+    res = build_reference(cfg, cache_dir=tmp_path, progress=False)
+    assert res.corpus_name.startswith("pydoc_data") and res.corpus == str(resolve_corpus(cache_dir=tmp_path))
+    assert res.train_tokens > 1_000 and res.test_tokens > 200
+    stored = json.loads((res.path / "reference.json").read_text())["result"]
+    assert stored["corpus_name"] == res.corpus_name
+    assert build_reference(cfg, cache_dir=tmp_path, progress=False).corpus_name == res.corpus_name
 
 
 def test_corpus_found_walking_up_from_cwd(corpus, tmp_path, monkeypatch):

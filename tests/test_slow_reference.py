@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def corpus():
     try:
-        return resolve_corpus()
+        return resolve_corpus(fallback=False)
     except QPrunerError as exc:
         pytest.skip(f"shared data absent: {exc}")
 

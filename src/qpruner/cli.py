@@ -212,7 +212,10 @@ def _cmd_reference(args: argparse.Namespace) -> None:
         corpus_dir=args.corpus_dir, cache_dir=args.cache_dir, force=args.force, progress=not args.no_progress
     )
     state = "cached" if res.cached else f"trained in {res.train_seconds:.0f}s"
-    print(f"reference model: {res.path} ({res.params:,} params, {state}, corpus {res.corpus})")
+    print(f"reference model: {res.path} ({res.params:,} params, {state})")
+    print(f"corpus: {res.corpus_name} at {res.corpus}")
+    if res.corpus_name.startswith("pydoc_data"):
+        print("note: WikiText-2 not found; trained on Python's help texts, so figures differ from the README")
     print(f"test perplexity: model {res.test_ppl:.2f}   unigram {res.unigram_ppl:.2f}")
 
 

@@ -2,7 +2,8 @@
 
 No pretrained model can be downloaded on our machines, yet pruning and quantization need a
 *trained* model to be measured against: a random one has no structure to lose. So we train
-one on WikiText-2 in about ten CPU minutes, with the same layout as LLaMA (RMSNorm, SwiGLU,
+one on WikiText-2 in about ten CPU minutes (on Python's own help texts where WikiText-2 is
+absent, see :mod:`qpruner.pydoc_corpus`), with the same layout as LLaMA (RMSNorm, SwiGLU,
 RoPE, grouped-query attention), so every code path that touches a real LLaMA runs on it.
 
 Everything is deterministic (seeded init, fixed data order, deterministic kernels) and the
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from qpruner.architecture import model_device
 from qpruner.checkpoint import replace_dir
 from qpruner.errors import QPrunerError
+from qpruner.pydoc_corpus import describe_corpus, write_pydoc_corpus
 
 # Bump when the training recipe or the saved layout changes, so old cache entries are not reused.
 FORMAT_VERSION = 1
@@ -92,6 +94,7 @@ class ReferenceResult:
     train_seconds: float
     cached: bool  # True when loaded from the cache without training
     corpus: str  # corpus directory used
+    corpus_name: str = ""  # "wikitext-2", or "pydoc_data (Python 3.x.y)" when WikiText-2 was absent
     vocab_size: int = 0
     train_tokens: int = 0
     test_tokens: int = 0
@@ -110,10 +113,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QPRUNER_CACHE") or Path.home() / ".cache" / "qpruner")
 
 
-def resolve_corpus(corpus_dir: str | Path | None = None) -> Path:
+def resolve_corpus(
+    corpus_dir: str | Path | None = None, fallback: bool = True, cache_dir: str | Path | None = None
+) -> Path:
     """The WikiText-2 directory: explicit argument, else ``$QPRUNER_DATA/wikitext-2``, else the first
     ``shared/data/wikitext-2`` found walking up from the working directory or from the package
-    (``../shared`` in CI)."""
+    (``../shared`` in CI).
+
+    Without an explicit ``corpus_dir`` and with ``fallback``, a missing WikiText-2 is replaced by
+    Python's help texts, written under ``cache_dir`` (default cache) in the same two-file layout,
+    so a fresh clone still gets a trained reference model; :func:`describe_corpus` names it.
+    """
     if corpus_dir is not None:
         candidates = [Path(corpus_dir)]
     elif os.environ.get("QPRUNER_DATA"):
@@ -127,6 +137,9 @@ def resolve_corpus(corpus_dir: str | Path | None = None) -> Path:
     for c in candidates:
         if (c / TRAIN_FILE).is_file() and (c / TEST_FILE).is_file():
             return c
+    if corpus_dir is None and fallback:
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        return write_pydoc_corpus(root, TRAIN_FILE, TEST_FILE)
     looked = ", ".join(str(c) for c in candidates)
     raise QPrunerError(
         f"WikiText-2 corpus ({TRAIN_FILE} + {TEST_FILE}) not found; looked in: {looked}. "
@@ -284,6 +297,7 @@ def _load_cached(path: Path) -> ReferenceResult | None:
     try:
         stored = json.loads((path / METRICS_FILE).read_text())["result"]
         fields = {k: v for k, v in stored.items() if k in ReferenceResult.__dataclass_fields__}
+        fields.setdefault("corpus_name", describe_corpus(Path(fields["corpus"])))  # older entries
         result = ReferenceResult(**{**fields, "path": path, "cached": True})
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -307,8 +321,8 @@ def build_reference(
     from qpruner.eval.perplexity import load_eval_tokens, perplexity
 
     cfg = config or ReferenceConfig()
-    corpus = resolve_corpus(corpus_dir)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    corpus = resolve_corpus(corpus_dir, cache_dir=root)
     final = root / "reference" / cache_key(cfg, corpus)
     if not force and (hit := _load_cached(final)) is not None:
         return hit
@@ -342,6 +356,7 @@ def build_reference(
         train_seconds=train_seconds,
         cached=False,
         corpus=str(corpus),
+        corpus_name=describe_corpus(corpus),
         vocab_size=vocab,
         train_tokens=int(train_ids.numel()),
         test_tokens=int(test_ids.numel()),
