@@ -18,6 +18,10 @@ def _ratios(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument(
@@ -71,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     _add_runtime(p)
 
-    e = sub.add_parser("eval", help="size, per-layer shapes and perplexity of a model")
+    e = sub.add_parser("eval", help="size, per-layer shapes, perplexity and zero-shot accuracy of a model")
     e.add_argument("--model", required=True)
     e.add_argument(
         "--ppl", action="append", default=[], help="text file, saved dataset dir or hf:NAME/CONFIG@SPLIT"
@@ -80,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=int, help="window step (default: ctx-len, non-overlapping)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--max-tokens", type=int, help="score only the first N tokens")
+    e.add_argument(
+        "--tasks",
+        type=_names,
+        default=[],
+        help="comma-separated lm-eval tasks, e.g. wikitext_cloze (shipped) or boolq,piqa (need the hub)",
+    )
+    e.add_argument("--task-dir", help="folder of extra lm-eval task YAMLs (data paths relative to each YAML)")
+    e.add_argument("--limit", type=int, help="score only the first N documents of each task (quick checks)")
+    e.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per question (default 0)")
     e.add_argument("--json", help="also write the report as JSON here")
     _add_runtime(e)
 
@@ -192,6 +205,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         dtype=resolve_dtype(args.dtype, device),
         device=device,
         progress=not args.no_progress,
+        tasks=args.tasks,
+        task_dir=args.task_dir,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
     )
     print(f"model: {report.model}")
     print(
@@ -201,6 +218,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(report.shape_table)
     for src, r in report.ppl.items():
         print(f"perplexity {r.ppl:.3f} on {src} ({r.tokens:,} tokens, ctx {r.ctx_len}, stride {r.stride})")
+    if report.zeroshot:
+        from qpruner.eval.zeroshot import format_scores
+
+        print(format_scores(report.zeroshot))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
 
