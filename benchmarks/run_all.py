@@ -1,0 +1,183 @@
+"""Every method side by side on the reference model, at 20 % and 50 % pruning, in one process.
+
+Columns: test perplexity, the local zero-shot task (``wikitext_cloze``, acc and acc_norm),
+fine-tuning memory (predicted and measured), weight bytes, trainable parameters and wall
+time. Rows: dense, pruned without recovery, LoRA on the unquantized pruned model (the
+LLM-Pruner recipe), QLoRA NF4, LoftQ NF4; the searched plans (QPruner, AutoMixQ,
+RankAdaptor, joint) are listed as pending until the search stage lands, and will be run
+at the QLoRA NF4 memory as their budget so the comparison is at equal memory.
+
+    python benchmarks/run_all.py            # ~35 min on 2 CPU cores once the reference model is cached
+    python benchmarks/run_all.py --quick    # ~8 min: fewer steps, tokens and cloze items
+
+Writes benchmarks/results.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from qpruner import TrainConfig, finetune
+from qpruner.checkpoint import load_model, load_tokenizer, save_pruned
+from qpruner.eval.perplexity import load_eval_tokens, perplexity
+from qpruner.eval.size import model_size
+from qpruner.eval.zeroshot import zero_shot
+from qpruner.lora.recover import uniform_plan
+from qpruner.prune import PruneConfig, calibration_samples, prune_model
+from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference
+
+RESULTS = Path(__file__).parent / "results.json"
+PENDING = ("QPruner plan", "AutoMixQ plan", "RankAdaptor ranks", "joint")
+TASK = "wikitext_cloze"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a <= 10 minute version")
+    ap.add_argument("--ratios", default="0.2,0.5")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--max-eval-tokens", type=int, default=100_000)
+    ap.add_argument("--task-limit", type=int, default=None, help="cloze items (default all 500)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.max_eval_tokens, args.task_limit = 15, 20_000, 200
+
+    t_start = time.perf_counter()
+    ref = build_reference()
+    corpus = Path(ref.corpus)
+    tok = load_tokenizer(ref.path)
+    dense = load_model(ref.path)
+    ctx = dense.config.max_position_embeddings
+    test_ids = load_eval_tokens(corpus / TEST_FILE, tok)[: args.max_eval_tokens]
+
+    def evaluate(model) -> dict:
+        model.eval()
+        t0 = time.perf_counter()
+        res = perplexity(model, test_ids, ctx_len=ctx, stride=ctx, batch_size=8, progress=False)
+        score = zero_shot(model, tok, [TASK], limit=args.task_limit, progress=False)[TASK]
+        return dict(
+            ppl=res.ppl,
+            task_acc=score.acc,
+            task_acc_norm=score.acc_norm,
+            task_samples=score.samples,
+            eval_seconds=time.perf_counter() - t0,
+        )
+
+    rows = [dict(method="dense", ratio=0.0, **evaluate(dense), weight_bytes=model_size(dense).weight_bytes)]
+    print(f"dense: ppl {rows[0]['ppl']:.2f}, {TASK} acc {rows[0]['task_acc']:.3f}")
+    train_cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=16,
+        micro_batch=8,
+        lr=1e-3,
+        warmup_steps=max(1, args.steps // 10),
+        cutoff_len=128,
+        save_every=args.steps,
+    )
+    work = Path(tempfile.mkdtemp(prefix="run_all."))
+    for ratio in [float(r) for r in args.ratios.split(",")]:
+        t0 = time.perf_counter()
+        cfg = PruneConfig(ratio=ratio, layer_start=1, layer_end=-1)
+        pruned = copy.deepcopy(dense)
+        samples = calibration_samples(corpus / TRAIN_FILE, tok, cfg.n_samples, cfg.seq_len, 0)
+        prune_model(pruned, cfg, samples, progress=False)
+        pruned_dir = work / f"pruned-{ratio}"
+        save_pruned(pruned, pruned_dir, tok)
+        size = model_size(pruned)
+        rows.append(
+            dict(
+                method="pruned, no recovery",
+                ratio=ratio,
+                **evaluate(pruned),
+                weight_bytes=size.weight_bytes,
+                params=size.params,
+                wall_seconds=time.perf_counter() - t0,
+            )
+        )
+        del pruned
+        print(f"ratio {ratio}: pruned ppl {rows[-1]['ppl']:.2f}")
+        for method, bits, loftq in (("LoRA", 16, False), ("QLoRA NF4", 4, False), ("LoftQ NF4", 4, True)):
+            t0 = time.perf_counter()
+            plan = uniform_plan(pruned_dir, bits, 8, dtype="fp32")
+            res = finetune(
+                pruned_dir, corpus / TRAIN_FILE, work / f"{method}-{ratio}".replace(" ", "_"), plan,
+                train_cfg, loftq=loftq, export=False, progress=False,
+            )  # fmt: skip
+            recovered = load_model(res.out_dir)
+            measured = res.measured.to_dict()
+            rows.append(
+                dict(
+                    method=method,
+                    ratio=ratio,
+                    **evaluate(recovered),
+                    weight_bytes=measured["packed_weights"] + measured["dense_weights"],
+                    trainable_params=res.trainable_params,
+                    memory_predicted=res.predicted.total,
+                    memory_measured=res.measured.total,
+                    step_seconds=res.train.step_seconds,
+                    wall_seconds=time.perf_counter() - t0,
+                )
+            )
+            del recovered
+            r = rows[-1]
+            print(f"  {method}: ppl {r['ppl']:.2f}, acc {r['task_acc']:.3f}, {r['wall_seconds']:.0f}s")
+        rows += [dict(method=m, ratio=ratio, pending="search stage (issue 4) not landed") for m in PENDING]
+
+    def mib(x) -> str:
+        return "" if x is None else f"{x / 2**20:.2f}"
+
+    table = [
+        f"| ratio | method | test ppl | {TASK} acc / acc_norm | FT memory pred / meas MiB | weight MiB "
+        "| trainable | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "pending" in r:
+            table.append(f"| {r['ratio']:.1f} | {r['method']} | pending (search stage) | | | | | |")
+            continue
+        mem = ""
+        if "memory_predicted" in r:
+            mem = f"{mib(r['memory_predicted'])} / {mib(r['memory_measured'])}"
+        table.append(
+            f"| {r['ratio']:.1f} | {r['method']} | {r['ppl']:.2f} "
+            f"| {r['task_acc']:.3f} / {r['task_acc_norm']:.3f} "
+            f"| {mem} | {mib(r['weight_bytes'])} | {r.get('trainable_params', 0):,} "
+            f"| {r.get('wall_seconds', 0):.0f} |"
+        )
+    print("\n".join(table))
+    total = time.perf_counter() - t_start
+    print(f"total {total / 60:.1f} min")
+    out = Path(args.out)
+    out.write_text(
+        json.dumps(
+            {
+                "reference": ref.to_dict(),
+                "setup": {
+                    **{k: v for k, v in vars(args).items() if k != "out"},
+                    "threads": torch.get_num_threads(),
+                    "train": train_cfg.__dict__,
+                    "layers_pruned": [1, -1],
+                    "eval_tokens": test_ids.numel(),
+                    "ctx_len": ctx,
+                },
+                "rows": rows,
+                "table": table,
+                "total_seconds": total,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""``qpruner run``: prune -> quantize + recover -> evaluate, one resumable command.
+
+Each stage writes its own directory atomically and is skipped when a rerun finds it
+complete, and recovery resumes from its last checkpoint, so ``qpruner run --resume`` after a
+crash loses at most the steps since that checkpoint. With no model named, the pipeline
+uses the project's reference model (trained on first use and cached) and its corpus
+(WikiText-2 where ``../shared/data`` exists, else Python's own help texts), so it works on
+a fresh machine with no hub. The search stage (choosing the plan under a memory budget)
+slots in between pruning and recovery once the searchers land; until then the plan is
+uniform (``--bits``/``--rank``) or given (``--plan``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from qpruner.checkpoint import load_model, load_tokenizer
+from qpruner.errors import QPrunerError
+from qpruner.eval.perplexity import load_eval_tokens, perplexity
+from qpruner.eval.size import model_size
+from qpruner.lora.train import TrainConfig
+from qpruner.plan import Plan
+from qpruner.prune.config import PruneConfig
+from qpruner.reference import ReferenceConfig
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunConfig:
+    model: str | None = None  # None: the reference model
+    reference: ReferenceConfig | None = None  # its configuration (None: the project's default)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=16, micro_batch=4))
+    plan: str | None = None  # plan JSON; else uniform bits/rank
+    bits: int = 4
+    rank: int = 8
+    loftq: bool = False
+    calib_data: str | None = None  # default: the corpus' training text
+    train_data: str | None = None  # default: the corpus' training text
+    eval_data: str | None = None  # default: the corpus' test text
+    eval_max_tokens: int | None = 100_000
+    ctx_len: int | None = None
+    tasks: list[str] = field(default_factory=list)
+    task_dir: str | None = None
+    task_limit: int | None = None
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    model: str
+    corpus: str | None
+    stages: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "corpus": self.corpus, "stages": self.stages}
+
+
+def _resolve_inputs(cfg: RunConfig, progress: bool) -> tuple[str, str | None, dict[str, str | None]]:
+    """Model source, corpus description and data files, building the reference model if needed."""
+    data = {"calib": cfg.calib_data, "train": cfg.train_data, "eval": cfg.eval_data}
+    if cfg.model is not None:
+        if None in (data["train"], data["eval"]) or (cfg.prune.needs_gradients and data["calib"] is None):
+            raise QPrunerError(
+                "with --model, pass --train-data and --eval-data (and --calib-data for Taylor)"
+            )
+        return cfg.model, None, data
+    from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference
+
+    ref = build_reference(cfg.reference, progress=progress)
+    corpus = Path(ref.corpus)
+    data = {
+        "calib": data["calib"] or str(corpus / TRAIN_FILE),
+        "train": data["train"] or str(corpus / TRAIN_FILE),
+        "eval": data["eval"] or str(corpus / TEST_FILE),
+    }
+    return str(ref.path), f"{ref.corpus_name or 'wikitext-2'} at {corpus}", data
+
+
+def _evaluate(model, tokenizer, cfg: RunConfig, eval_file: str, progress: bool) -> dict:
+    ids = load_eval_tokens(eval_file, tokenizer)
+    res = perplexity(model, ids, cfg.ctx_len, None, 8, cfg.eval_max_tokens, progress)
+    out = {"ppl": res.ppl, "ctx_len": res.ctx_len, "tokens": res.tokens, **asdict(model_size(model))}
+    out.pop("layers", None)
+    if cfg.tasks:
+        from qpruner.eval.zeroshot import zero_shot
+
+        scores = zero_shot(model, tokenizer, cfg.tasks, cfg.task_dir, cfg.task_limit, progress=progress)
+        out["zero_shot"] = {k: v.to_dict() for k, v in scores.items()}
+    return out
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    log=print,
+) -> RunResult:
+    """Run every stage into ``out_dir`` (``pruned/``, ``recovered/``, ``run.json``)."""
+    from qpruner.lora.recover import default_dtype, finetune, uniform_plan
+    from qpruner.prune.workflow import prune_checkpoint
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise QPrunerError(f"output {out} already exists; pass --resume to continue it")
+    cfg.prune.validate()
+    model_src, corpus, data = _resolve_inputs(cfg, progress)
+    if corpus:
+        log(f"model: reference model {model_src} (corpus: {corpus})")
+    result = RunResult(out, model_src, corpus)
+    done_file = out / RUN_FILE
+    if done_file.is_file():
+        result.stages = json.loads(done_file.read_text()).get("stages", {})
+
+    def record(stage: str, info: dict) -> None:
+        result.stages[stage] = info
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = done_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+        tmp.replace(done_file)
+
+    tokenizer = load_tokenizer(model_src)
+    pruned_dir = out / "pruned"
+    if "prune" not in result.stages or not (pruned_dir / "pruning.json").is_file():
+        t0 = time.perf_counter()
+        if "dense" not in result.stages:
+            dense = load_model(model_src, device=device)
+            record("dense", _evaluate(dense, tokenizer, cfg, data["eval"], progress))
+            log(f"dense: ppl {result.stages['dense']['ppl']:.2f}")
+            del dense
+        pr = prune_checkpoint(model_src, pruned_dir, cfg.prune, data["calib"], device=device,
+                              overwrite=True, progress=progress)  # fmt: skip
+        pruned = load_model(pruned_dir, device=device)
+        info = _evaluate(pruned, tokenizer, cfg, data["eval"], progress)
+        info.update(
+            params_before=pr.params_before, params_after=pr.params_after, seconds=time.perf_counter() - t0
+        )
+        record("prune", info)
+        del pruned
+    log(f"pruned: {result.stages['prune']['params']:,} params, ppl {result.stages['prune']['ppl']:.2f}")
+
+    rec_dir = out / "recovered"
+    if "recover" not in result.stages or not (rec_dir / "recovery.json").is_file():
+        plan = (
+            Plan.load(cfg.plan)
+            if cfg.plan
+            else uniform_plan(pruned_dir, cfg.bits, cfg.rank, dtype=default_dtype(torch.device(device)))
+        )
+        t0 = time.perf_counter()
+        rec = finetune(pruned_dir, data["train"], rec_dir, plan, cfg.train, loftq=cfg.loftq,
+                       resume=True, device=device, progress=progress)  # fmt: skip
+        recovered = load_model(rec_dir, device=device)
+        info = _evaluate(recovered, tokenizer, cfg, data["eval"], progress)
+        info.update(
+            trainable_params=rec.trainable_params,
+            memory_predicted=rec.predicted.to_dict(),
+            memory_measured=rec.measured.to_dict(),
+            steps=rec.train.steps,
+            resumed_from=rec.train.resumed_from,
+            seconds=time.perf_counter() - t0,
+        )
+        record("recover", info)
+    log(f"recovered: ppl {result.stages['recover']['ppl']:.2f}")
+    return result

@@ -1,0 +1,76 @@
+"""``qpruner run``: every stage on a fresh machine (reference model, no shared data), and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qpruner.cli import main
+from qpruner.errors import QPrunerError
+from qpruner.lora.train import TrainConfig
+from qpruner.pipeline import RunConfig, run_pipeline
+from qpruner.prune.config import PruneConfig
+from qpruner.reference import ReferenceConfig
+
+TINY_REF = ReferenceConfig(
+    vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64, seq_len=32, batch_size=4, steps=5, warmup_steps=1,
+)  # fmt: skip
+
+
+def tiny_run(**kw) -> RunConfig:
+    return RunConfig(
+        reference=TINY_REF,
+        prune=PruneConfig(ratio=0.5, layer_start=0, layer_end=2, n_samples=2, seq_len=32),
+        train=TrainConfig(
+            steps=2, batch_size=2, micro_batch=2, lr=1e-3, warmup_steps=1, cutoff_len=32, save_every=1
+        ),
+        eval_max_tokens=400,
+        **kw,
+    )
+
+
+def test_fresh_machine_runs_every_stage_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("QPRUNER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QPRUNER_DATA", str(tmp_path / "no-shared-data"))  # WikiText-2 absent
+    out = tmp_path / "run"
+    said = []
+    res = run_pipeline(tiny_run(), out, progress=False, log=said.append)
+    assert "pydoc" in res.corpus and any("pydoc" in line for line in said)  # says which corpus
+    assert set(res.stages) == {"dense", "prune", "recover"}
+    assert res.stages["prune"]["params"] < res.stages["dense"]["params"]
+    assert res.stages["recover"]["memory_measured"]["packed_weights"] > 0  # NF4 base by default
+    assert json.loads((out / "run.json").read_text())["stages"].keys() == res.stages.keys()
+    assert (out / "recovered" / "adapter" / "adapter_config.json").is_file()
+
+    with pytest.raises(QPrunerError, match="pass --resume"):
+        run_pipeline(tiny_run(), out, progress=False)
+    stamp = (out / "recovered" / "recovery.json").stat().st_mtime_ns
+    again = run_pipeline(tiny_run(), out, resume=True, progress=False, log=said.append)
+    assert again.stages == res.stages
+    assert (out / "recovered" / "recovery.json").stat().st_mtime_ns == stamp  # nothing redone
+
+    # a crash during recovery: its record is gone, the pruned stage is kept, recovery resumes
+    (out / "recovered" / "recovery.json").unlink()
+    prune_stamp = (out / "pruned" / "pruning.json").stat().st_mtime_ns
+    third = run_pipeline(tiny_run(), out, resume=True, progress=False)
+    assert (out / "pruned" / "pruning.json").stat().st_mtime_ns == prune_stamp
+    assert third.stages["recover"]["resumed_from"] == 2  # from the last checkpoint, no step redone
+
+
+def test_explicit_model_needs_data(model_dir, tmp_path):
+    with pytest.raises(QPrunerError, match="pass --train-data and --eval-data"):
+        run_pipeline(RunConfig(model=str(model_dir)), tmp_path / "r", progress=False)
+
+
+def test_cli_run_on_a_given_model(model_dir, text_file, tmp_path, capsys):
+    args = ["run", "--model", str(model_dir), "--out", str(tmp_path / "r"), "--ratio", "0.5"]
+    args += ["--calib-data", str(text_file), "--train-data", str(text_file), "--eval-data", str(text_file)]
+    args += ["--steps", "2", "--batch-size", "2", "--micro-batch", "2", "--cutoff-len", "32"]
+    args += ["--eval-max-tokens", "300", "--bits", "8", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert "dense" in shown and "prune" in shown and "recover" in shown
+    plan = json.loads((tmp_path / "r" / "recovered" / "plan.json").read_text())
+    assert {lp["weight_format"] for lp in plan["layers"]} == {"int8"}
