@@ -190,3 +190,22 @@ def test_cli_end_to_end(pruned_dir, train_file, tmp_path, capsys):
         == 1
     )
     assert "no format for 5-bit" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_trains_the_same_and_is_priced_lower(train_file, tmp_path):
+    from qpruner import apply_plan
+    from qpruner.lora.train import train
+    from qpruner.memory import estimate
+
+    examples = load_examples(train_file, make_tokenizer(), cutoff_len=24)
+    losses = []
+    for gc in (False, True):
+        torch.manual_seed(0)
+        model = apply_plan(make_model("gqa", layers=4), Plan.uniform(4, "nf4", rank=4, dtype="fp32"))
+        cfg = small(steps=3, gradient_checkpointing=gc)
+        losses.append(train(model, examples, cfg, tmp_path / f"ck{gc}", 3, progress=False).losses)
+    assert losses[0] == losses[1]  # recomputation replays the same dropout masks
+    config = make_model("gqa", layers=4).config
+    plan = Plan.uniform(4, "nf4", rank=4, dtype="fp32")
+    with_gc = estimate(config, plan, 8, 128, gradient_checkpointing=True).components["step_peak"]
+    assert with_gc < estimate(config, plan, 8, 128).components["step_peak"]
