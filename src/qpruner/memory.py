@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import re
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from qpruner.architecture import LayerShape, config_shape
 from qpruner.eval.size import format_bytes
@@ -253,11 +256,57 @@ class PeakMeter:
             self.growth = max(_proc_kib("VmHWM") - self._base, 0)
 
 
-def measured_report(model: nn.Module, optimizer, step_peak: int | None) -> MemoryReport:
+class TensorPeakMeter(TorchDispatchMode):
+    """Peak bytes of the tensors created inside the block that are alive at once.
+
+    The CPU counterpart of CUDA's ``max_memory_allocated``: it sees every tensor an operator
+    returns (activations, gradients, optimizer temporaries), storages counted once, and not
+    the allocator's slack or the pages glibc keeps resident, which the RSS peak includes.
+    Kernels' private scratch buffers are invisible to it. A Python call per operator makes
+    it slow, so the training loop meters one step with it. ``exclude``: tensors that exist
+    before the block (parameters, optimizer states) and are only updated in place.
+    """
+
+    def __init__(self, exclude=()):
+        super().__init__()
+        self._skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self._refs: dict[int, int] = {}
+        self._size: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self._refs[key] -= 1
+        if not self._refs[key]:
+            del self._refs[key]
+            self.live -= self._size.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if not key or key in self._skip:
+                continue
+            if key not in self._refs:
+                self._refs[key] = 0
+                self._size[key] = storage.nbytes()
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            self._refs[key] += 1
+            weakref.finalize(t, self._release, key)
+        return out
+
+
+def measured_report(
+    model: nn.Module, optimizer, step_peak: int | None, details: dict | None = None
+) -> MemoryReport:
     held = held_memory(model, optimizer)
     comps = {k: held[k] for k in COMPONENTS if k in held}
     comps["step_peak"] = int(step_peak or 0)
-    return MemoryReport(comps, {"buffers": held["buffers"]})
+    return MemoryReport(comps, {"buffers": held["buffers"], **(details or {})})
 
 
 def format_memory_table(predicted: MemoryReport, measured: MemoryReport | None = None) -> str:

@@ -131,7 +131,11 @@ def finetune(
         "loftq": loftq,
     }
     result = train(peft_model, examples, cfg, out / "checkpoints", pad_id, resume, identity, progress)
-    measured = measured_report(peft_model, None, result.step_peak_bytes)
+    # CUDA: the allocator's peak. CPU: the tensor-level peak (comparable with CUDA's); the
+    # resident-set peak, which adds allocator slack, is kept beside it.
+    on_cuda = torch.device(device).type == "cuda"
+    step_peak = result.step_peak_bytes if on_cuda else result.step_tensor_peak
+    measured = measured_report(peft_model, None, step_peak, {"rss_step_peak": result.step_peak_bytes})
     measured.components["optimizer_states"] = result.optimizer_bytes
     plan.memory = {
         "predicted": predicted.to_dict(),

@@ -12,6 +12,7 @@ uninterrupted run bit for bit on the same machine (tested).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,7 +30,8 @@ from transformers import get_linear_schedule_with_warmup
 from qpruner.architecture import model_device
 from qpruner.errors import CheckpointError, QPrunerError
 from qpruner.lora.data import BatchSchedule, Example
-from qpruner.memory import PeakMeter, held_memory
+from qpruner.memory import PeakMeter, TensorPeakMeter, held_memory
+from qpruner.quant.backends import held_tensors, is_packed_module
 
 
 @dataclass
@@ -79,7 +81,8 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     step_seconds: float = 0.0  # mean wall time of an optimizer step
-    step_peak_bytes: int | None = None  # max peak-memory growth of a step after the first
+    step_peak_bytes: int | None = None  # max peak growth of a step after the first (RSS on CPU)
+    step_tensor_peak: int | None = None  # tensor-level peak of one metered step (see TensorPeakMeter)
     optimizer_bytes: int = 0  # AdamW moments held at the end
 
     @property
@@ -159,6 +162,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 
 # ---- the loop ---------------------------------------------------------------------------------
+def _preexisting(model: nn.Module, optimizer) -> list[torch.Tensor]:
+    """Tensors that live across steps and are only updated in place: not a step's allocations."""
+    out = list(model.parameters())
+    for module in model.modules():
+        if is_packed_module(module):
+            out += held_tensors(module)
+    out += [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    return out
+
+
 def train(
     model: nn.Module,
     examples: list[Example],
@@ -210,7 +223,9 @@ def train(
     for step in range(start, total):
         ts = time.perf_counter()
         step_loss, step_tokens = 0.0, 0
-        with PeakMeter(device) as meter:
+        metered = step == (start + 1 if total - start >= 2 else start)
+        tensors = TensorPeakMeter(_preexisting(model, optimizer)) if metered else contextlib.nullcontext()
+        with PeakMeter(device) as meter, tensors:
             for micro in range(config.accumulation):
                 batch = {
                     k: v.to(device) for k, v in schedule.batch(step * config.accumulation + micro).items()
@@ -230,7 +245,10 @@ def train(
             optimizer.zero_grad(set_to_none=True)
         if step > start and meter.growth is not None:  # the first step also allocates AdamW's moments
             result.step_peak_bytes = max(result.step_peak_bytes or 0, meter.growth)
-        step_times.append(time.perf_counter() - ts)
+        if metered:
+            result.step_tensor_peak = tensors.peak
+        if not metered or total - start == 1:  # the metered step runs slower
+            step_times.append(time.perf_counter() - ts)
         result.losses.append(step_loss)
         result.tokens += step_tokens
         elapsed = time.perf_counter() - t0
