@@ -7,8 +7,8 @@ LLM-Pruner recipe), QLoRA NF4, LoftQ NF4; the searched plans (QPruner, AutoMixQ,
 RankAdaptor, joint) are listed as pending until the search stage lands, and will be run
 at the QLoRA NF4 memory as their budget so the comparison is at equal memory.
 
-    python benchmarks/run_all.py            # ~35 min on 2 CPU cores once the reference model is cached
-    python benchmarks/run_all.py --quick    # ~8 min: fewer steps, tokens and cloze items
+    python benchmarks/run_all.py            # 11 min on 2 CPU cores once the reference model is cached
+    python benchmarks/run_all.py --quick    # 4 min: 15 steps, 20k test tokens, 200 cloze items
 
 Writes benchmarks/results.json and prints a Markdown table.
 """
