@@ -211,7 +211,8 @@ def train(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or use a new --out"
         )
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.activation_checkpointing_enable({"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
     schedule = BatchSchedule(examples, config.micro_batch, pad_id, config.seed)
