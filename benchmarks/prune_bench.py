@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
 
-from qpruner.checkpoint import load_model, load_tokenizer
-from qpruner.eval.perplexity import load_eval_tokens, perplexity
+from bench_setup import reference_setup, write_results
+
 from qpruner.eval.size import model_size
 from qpruner.prune import IMPORTANCE_METHODS, PruneConfig, calibration_samples, prune_model
-from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference, resolve_corpus
+from qpruner.reference import TRAIN_FILE
 
 RESULTS = Path(__file__).parent / "results" / "prune_bench.json"
 
@@ -37,15 +36,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
 
-    ref = build_reference()
-    corpus = resolve_corpus()
-    tok = load_tokenizer(ref.path)
-    dense = load_model(ref.path)
-    ctx = dense.config.max_position_embeddings
-    test_ids = load_eval_tokens(corpus / TEST_FILE, tok)[: args.max_eval_tokens]
-
-    def ppl(model) -> float:
-        return perplexity(model, test_ids, ctx_len=ctx, stride=ctx, batch_size=8, progress=False).ppl
+    bench = reference_setup(args.max_eval_tokens)
+    corpus, tok, dense, ctx, test_ids = bench.corpus, bench.tokenizer, bench.dense, bench.ctx, bench.test_ids
+    ppl = bench.ppl
 
     base = model_size(dense)
     dense_ppl = ppl(dense)
@@ -121,23 +114,11 @@ def main() -> None:
             f"sanity @ {ratio:.1f}: taylor {taylor:.2f} beats every random seed "
             f"(best {min(rand):.2f}): {verdict}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "reference": ref.to_dict(),
-                "eval_tokens": test_ids.numel(),
-                "ctx_len": ctx,
-                "layer_range": [args.layer_start, args.layer_end],
-                "rows": rows,
-                "table": table,
-            },
-            indent=1,
-            default=str,
-        )
+    write_results(
+        args.out,
+        bench,
+        {"layer_range": [args.layer_start, args.layer_end], "rows": rows, "table": table},
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_setup import reference_setup, write_results
 
 from qpruner import Plan, TrainConfig, apply_plan, finetune
-from qpruner.checkpoint import load_model, load_tokenizer, save_pruned
-from qpruner.eval.perplexity import load_eval_tokens, perplexity
+from qpruner.checkpoint import load_model, save_pruned
 from qpruner.eval.size import model_size
 from qpruner.lora.recover import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
-from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference, resolve_corpus
+from qpruner.reference import TRAIN_FILE
 
 RESULTS = Path(__file__).parent / "results" / "recover_bench.json"
 
@@ -66,16 +65,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
 
-    ref = build_reference()
-    corpus = resolve_corpus()
-    tok = load_tokenizer(ref.path)
-    dense = load_model(ref.path)
-    ctx = dense.config.max_position_embeddings
-    test_ids = load_eval_tokens(corpus / TEST_FILE, tok)[: args.max_eval_tokens]
-
-    def ppl(model) -> float:
-        model.eval()
-        return perplexity(model, test_ids, ctx_len=ctx, stride=ctx, batch_size=8, progress=False).ppl
+    bench = reference_setup(args.max_eval_tokens)
+    corpus, tok, dense, ppl = bench.corpus, bench.tokenizer, bench.dense, bench.ppl
 
     work = Path(tempfile.mkdtemp(prefix="recover_bench."))
     cfg = PruneConfig(ratio=args.ratio, layer_start=1, layer_end=-1)
@@ -160,26 +151,18 @@ def main() -> None:
             f"| {r['step_seconds']:.2f} ({r['step_seconds'] / lora_step:.2f}x) |"
         )
     print("\n".join(table))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     setup = {k: v for k, v in vars(args).items() if k != "out"}
-    out.write_text(
-        json.dumps(
-            {
-                "reference": ref.to_dict(),
-                "setup": setup | {"threads": torch.get_num_threads(), "prune": cfg.to_dict()},
-                "dense_ppl": dense_ppl,
-                "params_removed": removed,
-                "eval_tokens": test_ids.numel(),
-                "ctx_len": ctx,
-                "rows": rows,
-                "table": table,
-            },
-            indent=1,
-            default=str,
-        )
+    write_results(
+        args.out,
+        bench,
+        {
+            "setup": setup | {"prune": cfg.to_dict()},
+            "dense_ppl": dense_ppl,
+            "params_removed": removed,
+            "rows": rows,
+            "table": table,
+        },
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from bench_setup import reference_setup, write_results
 
 from qpruner import TrainConfig, finetune
-from qpruner.checkpoint import load_model, load_tokenizer, save_pruned
-from qpruner.eval.perplexity import load_eval_tokens, perplexity
+from qpruner.checkpoint import load_model, save_pruned
 from qpruner.eval.size import model_size
 from qpruner.eval.zeroshot import zero_shot
 from qpruner.lora.recover import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
-from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference
+from qpruner.reference import TRAIN_FILE
 
 RESULTS = Path(__file__).parent / "results.json"
 PENDING = ("QPruner plan", "AutoMixQ plan", "RankAdaptor ranks", "joint")
@@ -51,20 +49,16 @@ def main() -> None:
         args.steps, args.max_eval_tokens, args.task_limit = 15, 20_000, 200
 
     t_start = time.perf_counter()
-    ref = build_reference()
-    corpus = Path(ref.corpus)
-    tok = load_tokenizer(ref.path)
-    dense = load_model(ref.path)
-    ctx = dense.config.max_position_embeddings
-    test_ids = load_eval_tokens(corpus / TEST_FILE, tok)[: args.max_eval_tokens]
+    bench = reference_setup(args.max_eval_tokens)
+    corpus, tok, dense = bench.corpus, bench.tokenizer, bench.dense
 
     def evaluate(model) -> dict:
         model.eval()
         t0 = time.perf_counter()
-        res = perplexity(model, test_ids, ctx_len=ctx, stride=ctx, batch_size=8, progress=False)
+        ppl = bench.ppl(model)
         score = zero_shot(model, tok, [TASK], limit=args.task_limit, progress=False)[TASK]
         return dict(
-            ppl=res.ppl,
+            ppl=ppl,
             task_acc=score.acc,
             task_acc_norm=score.acc_norm,
             task_samples=score.samples,
@@ -155,28 +149,20 @@ def main() -> None:
     print("\n".join(table))
     total = time.perf_counter() - t_start
     print(f"total {total / 60:.1f} min")
-    out = Path(args.out)
-    out.write_text(
-        json.dumps(
-            {
-                "reference": ref.to_dict(),
-                "setup": {
-                    **{k: v for k, v in vars(args).items() if k != "out"},
-                    "threads": torch.get_num_threads(),
-                    "train": train_cfg.__dict__,
-                    "layers_pruned": [1, -1],
-                    "eval_tokens": test_ids.numel(),
-                    "ctx_len": ctx,
-                },
-                "rows": rows,
-                "table": table,
-                "total_seconds": total,
+    write_results(
+        args.out,
+        bench,
+        {
+            "setup": {
+                **{k: v for k, v in vars(args).items() if k != "out"},
+                "train": train_cfg.__dict__,
+                "layers_pruned": [1, -1],
             },
-            indent=1,
-            default=str,
-        )
+            "rows": rows,
+            "table": table,
+            "total_seconds": total,
+        },
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
