@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from qpruner.checkpoint import load_model
 from qpruner.cli import main
 from qpruner.errors import QPrunerError
 from qpruner.lora.train import TrainConfig
@@ -43,6 +45,12 @@ def test_fresh_machine_runs_every_stage_and_resumes(tmp_path, monkeypatch):
     assert res.stages["recover"]["memory_measured"]["packed_weights"] > 0  # NF4 base by default
     assert json.loads((out / "run.json").read_text())["stages"].keys() == res.stages.keys()
     assert (out / "recovered" / "adapter" / "adapter_config.json").is_file()
+    moved = tmp_path / "moved"  # the run directory moves as a whole: recovered/ still finds pruned/
+    shutil.copytree(out, moved)
+    shutil.rmtree(out / "pruned")
+    assert load_model(moved / "recovered") is not None
+    shutil.rmtree(out)
+    shutil.copytree(moved, out)
 
     with pytest.raises(QPrunerError, match="pass --resume"):
         run_pipeline(tiny_run(), out, progress=False)

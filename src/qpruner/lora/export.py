@@ -110,6 +110,9 @@ def load_recovered(path: str | Path, device: str | torch.device = "cpu") -> nn.M
     try:
         record = json.loads((path / RECOVERY_FILE).read_text())
         base = record["base_model"]
+        rel = record.get("base_model_relative")
+        if rel and (path / rel).is_dir():  # the pair was moved together: prefer the sibling
+            base = str((path / rel).resolve())
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path / RECOVERY_FILE} is unreadable: {exc}") from exc
     plan = Plan.load(path / PLAN_FILE)

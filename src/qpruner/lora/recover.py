@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -149,6 +150,10 @@ def finetune(
     tokenizer.save_pretrained(out)
     record = {
         "base_model": str(Path(model_src).resolve()) if Path(model_src).exists() else str(model_src),
+        # Relative to this directory too, so run/ (pruned/ + recovered/) can move as a whole.
+        "base_model_relative": (
+            os.path.relpath(Path(model_src).resolve(), out.resolve()) if Path(model_src).exists() else None
+        ),
         "data": str(data),
         "loftq": loftq,
         "train_config": asdict(cfg),
