@@ -59,6 +59,9 @@ def test_fresh_machine_runs_every_stage_and_resumes(tmp_path, monkeypatch):
     assert again.stages == res.stages
     assert (out / "recovered" / "recovery.json").stat().st_mtime_ns == stamp  # nothing redone
 
+    with pytest.raises(QPrunerError, match="other settings"):
+        run_pipeline(tiny_run(bits=8), out, resume=True, progress=False)
+
     # a crash during recovery: its record is gone, the pruned stage is kept, recovery resumes
     (out / "recovered" / "recovery.json").unlink()
     prune_stamp = (out / "pruned" / "pruning.json").stat().st_mtime_ns

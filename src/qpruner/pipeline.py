@@ -57,9 +57,10 @@ class RunResult:
     model: str
     corpus: str | None
     stages: dict[str, dict] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "corpus": self.corpus, "stages": self.stages}
+        return {"model": self.model, "corpus": self.corpus, "settings": self.settings, "stages": self.stages}
 
 
 def _resolve_inputs(cfg: RunConfig, progress: bool) -> tuple[str, str | None, dict[str, str | None]]:
@@ -116,9 +117,15 @@ def run_pipeline(
     if corpus:
         log(f"model: reference model {model_src} (corpus: {corpus})")
     result = RunResult(out, model_src, corpus)
+    result.settings = json.loads(json.dumps(asdict(cfg), default=str))
     done_file = out / RUN_FILE
     if done_file.is_file():
-        result.stages = json.loads(done_file.read_text()).get("stages", {})
+        earlier = json.loads(done_file.read_text())
+        if earlier.get("settings") != result.settings:
+            raise QPrunerError(
+                f"{out} was made with other settings; resume it with the same ones or use a new --out"
+            )
+        result.stages = earlier.get("stages", {})
 
     def record(stage: str, info: dict) -> None:
         result.stages[stage] = info
