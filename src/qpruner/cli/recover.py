@@ -208,13 +208,24 @@ def _cmd_run(args: argparse.Namespace) -> None:
         task_limit=args.limit,
     )
     res = run_pipeline(cfg, args.out, args.resume, resolve_device(args.device), not args.no_progress)
-    rows = [f"{'stage':<10} {'params':>12} {'weight MiB':>10} {'ppl':>9}"]
+    tasks = cfg.tasks
+    head = f"{'stage':<10} {'params':>12} {'weight MiB':>10} {'ppl':>9}"
+    rows = [head + "".join(f"  {t + ' acc/acc_norm %':>28}" for t in tasks)]
     for stage in ("dense", "prune", "recover"):
         st = res.stages.get(stage)
-        if st:
-            rows.append(
-                f"{stage:<10} {st['params']:>12,} {st['weight_bytes'] / 2**20:>10.2f} {st['ppl']:>9.2f}"
+        if not st:
+            continue
+        row = f"{stage:<10} {st['params']:>12,} {st['weight_bytes'] / 2**20:>10.2f} {st['ppl']:>9.2f}"
+        for t in tasks:
+            z = st.get("zero_shot", {}).get(t, {})
+            acc, norm = z.get("acc"), z.get("acc_norm")
+            cell = (
+                f"{100 * acc:.1f} / " + ("n/a" if norm is None else f"{100 * norm:.1f}")
+                if acc is not None
+                else ""
             )
+            row += f"  {cell:>28}"
+        rows.append(row)
     print("\n".join(rows))
     print(f"run summary: {Path(args.out) / 'run.json'}")
 

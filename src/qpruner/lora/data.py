@@ -79,7 +79,7 @@ def _alpaca_examples(records: list[dict], tokenizer, cutoff_len: int, train_on_i
 
 
 def _text_examples(text: str, tokenizer, cutoff_len: int) -> list[Example]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long on purpose
     blocks = [ids[i : i + cutoff_len] for i in range(0, len(ids), cutoff_len)]
     return [Example(b, list(b)) for b in blocks if len(b) >= 2]
 
