@@ -80,10 +80,11 @@ def test_cli_run_on_a_given_model(model_dir, text_file, tmp_path, capsys):
     args += ["--calib-data", str(text_file), "--train-data", str(text_file), "--eval-data", str(text_file)]
     args += ["--steps", "2", "--batch-size", "2", "--micro-batch", "2", "--cutoff-len", "32"]
     args += ["--eval-max-tokens", "300", "--bits", "8", "--no-progress", "--device", "cpu"]
-    args += ["--tasks", "wikitext_cloze", "--limit", "4"]
+    args += ["--tasks", "wikitext_cloze", "--limit", "4", "--format", "hqq4", "--alpha", "4"]
     assert main(args) == 0
     shown = capsys.readouterr().out
     assert "dense" in shown and "prune" in shown and "recover" in shown
     assert "wikitext_cloze acc/acc_norm %" in shown and shown.count(" / ") >= 3
     plan = json.loads((tmp_path / "r" / "recovered" / "plan.json").read_text())
-    assert {lp["weight_format"] for lp in plan["layers"]} == {"int8"}
+    assert {lp["weight_format"] for lp in plan["layers"]} == {"hqq4"}  # --format beats --bits
+    assert {lp["lora_alpha"] for lp in plan["layers"]} == {4.0}

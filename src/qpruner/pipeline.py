@@ -39,7 +39,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=16, micro_batch=4))
     plan: str | None = None  # plan JSON; else uniform bits/rank
     bits: int = 4
+    weight_format: str | None = None  # exact format; overrides bits
     rank: int = 8
+    alpha: float | None = None  # default 2 x rank
     loftq: bool = False
     calib_data: str | None = None  # default: the corpus' training text
     train_data: str | None = None  # default: the corpus' training text
@@ -159,7 +161,14 @@ def run_pipeline(
         plan = (
             Plan.load(cfg.plan)
             if cfg.plan
-            else uniform_plan(pruned_dir, cfg.bits, cfg.rank, dtype=default_dtype(torch.device(device)))
+            else uniform_plan(
+                pruned_dir,
+                cfg.bits,
+                cfg.rank,
+                cfg.alpha,
+                default_dtype(torch.device(device)),
+                cfg.weight_format,
+            )
         )
         t0 = time.perf_counter()
         rec = finetune(pruned_dir, data["train"], rec_dir, plan, cfg.train, loftq=cfg.loftq,

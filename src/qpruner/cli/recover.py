@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qpruner.errors import QPrunerError
-
 
 def add_run_parser(sub) -> None:
     from qpruner.prune.config import IMPORTANCE_METHODS
@@ -183,8 +181,6 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from qpruner.pipeline import RunConfig, run_pipeline
     from qpruner.prune.config import PruneConfig
 
-    if args.weight_format:
-        raise QPrunerError("qpruner run takes --bits or --plan, not --format")
     cfg = RunConfig(
         model=args.model,
         prune=PruneConfig(
@@ -196,7 +192,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
         train=_train_config(args, warmup_steps=max(1, args.steps // 10), save_every=max(1, args.steps // 4)),
         plan=args.plan,
         bits=args.bits,
+        weight_format=args.weight_format,
         rank=args.rank,
+        alpha=args.alpha,
         loftq=args.loftq,
         calib_data=args.calib_data,
         train_data=args.train_data,
