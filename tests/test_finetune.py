@@ -209,3 +209,24 @@ def test_gradient_checkpointing_trains_the_same_and_is_priced_lower(train_file, 
     plan = Plan.uniform(4, "nf4", rank=4, dtype="fp32")
     with_gc = estimate(config, plan, 8, 128, gradient_checkpointing=True).components["step_peak"]
     assert with_gc < estimate(config, plan, 8, 128).components["step_peak"]
+
+
+def test_dataset_sources(tmp_path):
+    """Saved datasets (what hf:NAME@SPLIT loads on a machine with a hub) work like local files."""
+    import datasets
+
+    tok = make_tokenizer()
+    records = [{"instruction": "the cat", "input": "", "output": "runs near the river"}] * 3
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "alpaca"))
+    from_dir = load_examples(tmp_path / "alpaca", tok, cutoff_len=512)
+    (tmp_path / "a.json").write_text(json.dumps(records))
+    assert [e.ids for e in from_dir] == [
+        e.ids for e in load_examples(tmp_path / "a.json", tok, cutoff_len=512)
+    ]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": make_text(20)}])}).save_to_disk(
+        str(tmp_path / "text")
+    )
+    assert len(load_examples(tmp_path / "text", tok, cutoff_len=16)) > 5
+    datasets.Dataset.from_list([{"q": "x"}]).save_to_disk(str(tmp_path / "odd"))
+    with pytest.raises(QPrunerError, match="neither Alpaca columns nor 'text'"):
+        load_examples(tmp_path / "odd", tok)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qpruner.architecture import model_device
+from qpruner.data_sources import is_dataset_source, open_dataset
 from qpruner.errors import QPrunerError
 
 
@@ -117,32 +118,13 @@ def load_eval_text(source: str | Path, text_field: str = "text") -> str:
     """
     src = str(source)
     path = Path(src)
-    if src.startswith("hf:"):
-        spec = src[3:]
-        spec, _, split = spec.partition("@")
-        name, _, config = spec.partition("/")
-        import datasets  # deferred: heavy import, only needed for datasets
-
-        try:
-            ds = datasets.load_dataset(name, config or None, split=split or "test")
-        except Exception as exc:  # hub/network/format errors all mean "cannot read this dataset"
-            raise QPrunerError(f"cannot load dataset {src!r}: {exc}") from exc
-        return _join_rows(ds, text_field, src)
+    if is_dataset_source(src):
+        return _join_rows(open_dataset(src, "test"), text_field, src)
     if path.is_file():
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise QPrunerError(f"{path} is not UTF-8 text: {exc}") from exc
-    if path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as exc:
-            raise QPrunerError(f"{path} is not a text file or a saved dataset: {exc}") from exc
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["test"] if "test" in ds else next(iter(ds.values()))
-        return _join_rows(ds, text_field, src)
     raise QPrunerError(
         f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:NAME/CONFIG@SPLIT)"
     )

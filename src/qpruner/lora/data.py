@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from qpruner.data_sources import is_dataset_source, open_dataset
 from qpruner.errors import QPrunerError
 
 # The alpaca-lora prompt template (the one LLM-Pruner's post-training uses).
@@ -87,13 +88,22 @@ def _text_examples(text: str, tokenizer, cutoff_len: int) -> list[Example]:
 def load_examples(
     source: str | Path, tokenizer, cutoff_len: int = 256, train_on_inputs: bool = True
 ) -> list[Example]:
-    """Examples from an Alpaca ``.json``/``.jsonl`` file or any other (plain text) file."""
+    """Examples from an Alpaca ``.json``/``.jsonl`` file, any other (plain text) file, or a dataset
+    (``hf:NAME[/CONFIG][@SPLIT]`` or a saved directory) with Alpaca or ``text`` columns."""
     path = Path(source).expanduser()
-    if not path.is_file():
-        raise QPrunerError(f"training data not found: {path}")
     if cutoff_len < 2:
         raise QPrunerError(f"cutoff length must be >= 2, got {cutoff_len}")
-    if path.suffix in (".json", ".jsonl"):
+    if is_dataset_source(source):
+        ds = open_dataset(source, "train")
+        if "instruction" in ds.column_names:
+            examples = _alpaca_examples(ds.to_list(), tokenizer, cutoff_len, train_on_inputs)
+        elif "text" in ds.column_names:
+            examples = _text_examples("\n\n".join(ds["text"]), tokenizer, cutoff_len)
+        else:
+            raise QPrunerError(f"dataset {source} has neither Alpaca columns nor 'text' ({ds.column_names})")
+    elif not path.is_file():
+        raise QPrunerError(f"training data not found: {path}")
+    elif path.suffix in (".json", ".jsonl"):
         examples = _alpaca_examples(_read_records(path), tokenizer, cutoff_len, train_on_inputs)
     else:
         examples = _text_examples(path.read_text(encoding="utf-8", errors="replace"), tokenizer, cutoff_len)

@@ -1,0 +1,39 @@
+"""Where text and records come from: local files, ``datasets.save_to_disk`` directories, the hub.
+
+Perplexity text, calibration text and recovery data all accept the same three forms, so a
+user who has ``yahma/alpaca-cleaned`` (LLM-Pruner's recovery set) or WikiText on the hub
+names it as ``hf:NAME[/CONFIG][@SPLIT]``, and an offline machine uses a saved copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qpruner.errors import QPrunerError
+
+
+def is_dataset_source(source: str | Path) -> bool:
+    src = str(source)
+    return src.startswith("hf:") or Path(src).is_dir()
+
+
+def open_dataset(source: str | Path, default_split: str):
+    """A ``datasets.Dataset`` from ``hf:NAME[/CONFIG][@SPLIT]`` or a saved dataset directory."""
+    import datasets  # deferred: a heavy import, only needed here
+
+    src = str(source)
+    if src.startswith("hf:"):
+        spec, _, split = src[3:].partition("@")
+        name, _, config = spec.partition("/")
+        try:
+            return datasets.load_dataset(name, config or None, split=split or default_split)
+        except Exception as exc:  # hub, network and format errors all mean "cannot read this dataset"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QPrunerError(f"cannot load dataset {src!r}: {first}") from exc
+    try:
+        ds = datasets.load_from_disk(src)
+    except Exception as exc:
+        raise QPrunerError(f"{src} is not a text file or a saved dataset: {exc}") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[default_split] if default_split in ds else next(iter(ds.values()))
+    return ds
