@@ -118,7 +118,9 @@ def activation_bytes(
     for s in shapes:
         dims = _module_dims(config, s)
         q, kv = dims["self_attn.q_proj"][0], dims["self_attn.k_proj"][0]
-        per_layer.append((14 * h + 2 * q + 2 * kv + 5 * s.intermediate_size) * dtype_bytes * tokens)
+        # RMSNorm upcasts to float32: of the 14 h, the 2 x 2 h norm intermediates are float32.
+        elems = (10 * h + 2 * q + 2 * kv + 5 * s.intermediate_size) * dtype_bytes + 4 * h * 4
+        per_layer.append(elems * tokens)
     widest = max(range(len(shapes)), key=lambda i: per_layer[i])
     scores = batch * shapes[widest].num_attention_heads * seq_len * seq_len * dtype_bytes
     kept = len(shapes) * h * dtype_bytes * tokens if checkpointing else sum(per_layer)
