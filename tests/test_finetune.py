@@ -230,3 +230,25 @@ def test_dataset_sources(tmp_path):
     datasets.Dataset.from_list([{"q": "x"}]).save_to_disk(str(tmp_path / "odd"))
     with pytest.raises(QPrunerError, match="neither Alpaca columns nor 'text'"):
         load_examples(tmp_path / "odd", tok)
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "int8", "hqq3", "bf16"])
+def test_bf16_plans_train_with_float32_adapters(fmt, train_file, tmp_path):
+    """The GPU default (bf16 base and compute), run on CPU: trains, priced exactly, fp32 LoRA."""
+    from qpruner import apply_plan
+    from qpruner.lora.train import train
+    from qpruner.memory import LORA_BYTES, estimate, held_memory
+
+    plan = Plan.uniform(4, fmt, rank=4, dtype="bf16")
+    model = make_model("gqa", layers=4)
+    predicted = estimate(model.config, plan, 2, 24)
+    peft_model = apply_plan(model, plan)
+    examples = load_examples(train_file, make_tokenizer(), cutoff_len=24)
+    res = train(peft_model, examples, small(steps=2), tmp_path / "ck", 3, progress=False)
+    assert all(torch.isfinite(torch.tensor(res.losses)))
+    held = held_memory(peft_model)
+    for k in ("packed_weights", "dense_weights", "lora_params"):
+        assert held[k] == predicted.components[k], k
+    lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+    assert {p.dtype for p in lora} == {torch.float32} and LORA_BYTES == 4
+    assert peft_model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
