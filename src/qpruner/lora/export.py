@@ -76,8 +76,15 @@ def merge_to_dense(peft_model: nn.Module, adapter: str = "default") -> nn.Module
     for name, module in list(model.named_modules()):  # packed modules the plan gave no LoRA (lm_head)
         if is_packed_module(module):
             bias = getattr(module, "bias", None)
-            dense = nn.Linear(module.in_features, module.out_features, bias=bias is not None, dtype=dtype)
-            dense.weight.copy_(dequantize_weight(module).to(dtype))
+            weight = dequantize_weight(module)
+            dense = nn.Linear(
+                module.in_features,
+                module.out_features,
+                bias=bias is not None,
+                device=weight.device,
+                dtype=dtype,
+            )
+            dense.weight.copy_(weight.to(dtype))
             if bias is not None:
                 dense.bias.copy_(bias.to(dtype))
             parent_name, _, child = name.rpartition(".")
