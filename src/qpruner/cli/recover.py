@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def add_run_parser(sub) -> None:
+    from qpruner.cli import _names  # called from qpruner.cli.build_parser: the package is loaded
     from qpruner.prune.config import IMPORTANCE_METHODS
 
     r = sub.add_parser(
@@ -32,7 +33,9 @@ def add_run_parser(sub) -> None:
     r.add_argument("--eval-data", help="perplexity text (default: the corpus' test text)")
     r.add_argument("--eval-max-tokens", type=int, default=100_000)
     r.add_argument("--ctx-len", type=int, help="perplexity window (default: model context, at most 2048)")
-    r.add_argument("--tasks", help="comma-separated lm-eval tasks to score at every stage")
+    r.add_argument(
+        "--tasks", type=_names, default=[], help="comma-separated lm-eval tasks to score at every stage"
+    )
     r.add_argument("--task-dir", help="folder of local lm-eval task YAMLs")
     r.add_argument("--limit", type=int, help="score at most N examples per task")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -201,7 +204,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         eval_data=args.eval_data,
         eval_max_tokens=args.eval_max_tokens,
         ctx_len=args.ctx_len,
-        tasks=[t for t in (args.tasks or "").split(",") if t],
+        tasks=args.tasks,
         task_dir=args.task_dir,
         task_limit=args.limit,
     )

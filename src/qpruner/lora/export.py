@@ -58,12 +58,8 @@ def merge_to_dense(peft_model: nn.Module, adapter: str = "default") -> nn.Module
     """
     model = peft_model.base_model.model
     dtype = next(p.dtype for n, p in model.named_parameters() if "lora_" not in n and p.is_floating_point())
-    targets = [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
-    for name, module in targets:
-        base = module.get_base_layer()
-        weight = dequantize_weight(base)
-        if adapter in module.lora_A:
-            weight += module.get_delta_weight(adapter).to(weight.device, torch.float32)
+
+    def replace(name: str, base: nn.Module, weight: torch.Tensor) -> None:
         bias = getattr(base, "bias", None)
         dense = nn.Linear(
             base.in_features, base.out_features, bias=bias is not None, device=weight.device, dtype=dtype
@@ -72,23 +68,18 @@ def merge_to_dense(peft_model: nn.Module, adapter: str = "default") -> nn.Module
         if bias is not None:
             dense.bias.copy_(bias.to(dtype))
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, dense)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, dense)
+
+    targets = [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    for name, module in targets:
+        base = module.get_base_layer()
+        weight = dequantize_weight(base)
+        if adapter in module.lora_A:
+            weight += module.get_delta_weight(adapter).to(weight.device, torch.float32)
+        replace(name, base, weight)
     for name, module in list(model.named_modules()):  # packed modules the plan gave no LoRA (lm_head)
         if is_packed_module(module):
-            bias = getattr(module, "bias", None)
-            weight = dequantize_weight(module)
-            dense = nn.Linear(
-                module.in_features,
-                module.out_features,
-                bias=bias is not None,
-                device=weight.device,
-                dtype=dtype,
-            )
-            dense.weight.copy_(weight.to(dtype))
-            if bias is not None:
-                dense.bias.copy_(bias.to(dtype))
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, dense)
+            replace(name, module, dequantize_weight(module))
     model.is_loaded_in_4bit = model.is_loaded_in_8bit = False
     return model
 

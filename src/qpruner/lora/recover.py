@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,8 +109,6 @@ def finetune(
             f"output {out} already exists; pass --resume to continue it or --overwrite to replace it"
         )
     if overwrite and not resume and (out / "checkpoints").is_dir():
-        import shutil
-
         shutil.rmtree(out / "checkpoints")
     if plan is None:
         plan = uniform_plan(model_src, 4, 8, dtype=default_dtype(device))
