@@ -154,12 +154,6 @@ class Plan:
             sum(FORMATS[lp.format_of(m)] for m in LAYER_MODULES) / len(LAYER_MODULES) for lp in self.layers
         ]
 
-    def ranks_per_layer(self) -> list[float]:
-        return [
-            sum(lp.rank_of(m) for m in self.target_modules) / max(len(self.target_modules), 1)
-            for lp in self.layers
-        ]
-
     # ---- validation -----------------------------------------------------------------------
     def validate(self, num_layers: int | None = None, shapes: list[LayerShape] | None = None) -> Plan:
         """Reject what cannot be applied, naming the entry; return self for chaining."""

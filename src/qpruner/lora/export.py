@@ -37,10 +37,6 @@ MERGED_DIR = "merged"
 PLAN_FILE = "plan.json"
 
 
-def is_recovered_dir(path: str | Path) -> bool:
-    return (Path(path) / RECOVERY_FILE).is_file()
-
-
 def save_adapter(peft_model: nn.Module, out_dir: Path) -> Path:
     final = out_dir / ADAPTER_DIR
     tmp = out_dir / f".tmp-{ADAPTER_DIR}"
