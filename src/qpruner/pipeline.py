@@ -5,9 +5,9 @@ complete, and recovery resumes from its last checkpoint, so ``qpruner run --resu
 crash loses at most the steps since that checkpoint. With no model named, the pipeline
 uses the project's reference model (trained on first use and cached) and its corpus
 (WikiText-2 where ``../shared/data`` exists, else Python's own help texts), so it works on
-a fresh machine with no hub. The search stage (choosing the plan under a memory budget)
-slots in between pruning and recovery once the searchers land; until then the plan is
-uniform (``--bits``/``--rank``) or given (``--plan``).
+a fresh machine with no hub. With a search configuration (``--memory-budget``) the plan is
+searched between pruning and recovery (``search/``: the study, every trial, the report);
+otherwise it is uniform (``--bits``/``--rank``) or given (``--plan``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from qpruner.lora.train import TrainConfig
 from qpruner.plan import Plan
 from qpruner.prune.config import PruneConfig
 from qpruner.reference import ReferenceConfig
+from qpruner.search.from_model import SearchConfig
 
 RUN_FILE = "run.json"
 
@@ -51,6 +52,7 @@ class RunConfig:
     tasks: list[str] = field(default_factory=list)
     task_dir: str | None = None
     task_limit: int | None = None
+    search: SearchConfig | None = None  # None: no search stage
 
 
 @dataclass
@@ -156,10 +158,16 @@ def run_pipeline(
         del pruned
     log(f"pruned: {result.stages['prune']['params']:,} params, ppl {result.stages['prune']['ppl']:.2f}")
 
+    search_plan = None
+    if cfg.search is not None:
+        search_plan = _search_stage(cfg, out, data, device, progress, log, result.stages, record)
+
     rec_dir = out / "recovered"
     if "recover" not in result.stages or not (rec_dir / "recovery.json").is_file():
         plan = (
-            Plan.load(cfg.plan)
+            Plan.load(search_plan)
+            if search_plan
+            else Plan.load(cfg.plan)
             if cfg.plan
             else uniform_plan(
                 pruned_dir,
@@ -186,3 +194,43 @@ def run_pipeline(
         record("recover", info)
     log(f"recovered: ppl {result.stages['recover']['ppl']:.2f}")
     return result
+
+
+def _search_stage(
+    cfg: RunConfig, out: Path, data: dict, device, progress: bool, log, stages: dict, record
+) -> str:
+    """Search the plan for ``out/pruned`` into ``out/search``; resumes its study if interrupted."""
+    from dataclasses import replace
+
+    from qpruner.search.from_model import search_model
+    from qpruner.search.run import PLAN_FILE
+
+    search_dir = out / "search"
+    if "search" not in stages or not (search_dir / PLAN_FILE).is_file():
+        scfg = replace(
+            cfg.search,
+            train_data=cfg.search.train_data or data["train"],
+            eval_data=cfg.search.eval_data or data["eval"],
+            calib_data=cfg.search.calib_data or data["calib"],
+        )
+        t0 = time.perf_counter()
+        res = search_model(out / "pruned", scfg, search_dir, resume=True, device=str(device),
+                           progress=progress, log=log)  # fmt: skip
+        if res.plan is None:
+            raise QPrunerError("the search evaluated no plan within the budget; nothing to recover")
+        chosen = next(r for r in res.summary.records if r.number == res.summary.chosen)
+        info = {
+            "method": res.summary.method,
+            "trials": len(res.summary.records),
+            "chosen_trial": chosen.number,
+            "error": chosen.error,
+            "metric": res.summary.metric,
+            "memory_predicted": chosen.memory_predicted,
+            "memory_measured": chosen.memory_measured,
+            "budget": res.summary.budget,
+            "seconds": time.perf_counter() - t0,
+        }
+        record("search", info)
+    info = stages["search"]
+    log(f"search ({info['method']}): trial {info['chosen_trial']}, {info['metric']} {info['error']:.4g}")
+    return str(search_dir / PLAN_FILE)

@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from qpruner.cli.recover import RECOVER_COMMANDS, add_recover_parsers, add_run_parser
+from qpruner.cli.search import SEARCH_COMMANDS, add_search_parsers
 from qpruner.errors import QPrunerError
 
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     add_recover_parsers(sub)
     add_run_parser(sub)
+    add_search_parsers(sub)
     return parser
 
 
@@ -191,6 +193,7 @@ COMMANDS = {
     "eval": _cmd_eval,
     "reference": _cmd_reference,
     **RECOVER_COMMANDS,
+    **SEARCH_COMMANDS,
 }
 
 

@@ -41,6 +41,9 @@ def add_run_parser(sub) -> None:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--device", default="auto")
     r.add_argument("--no-progress", action="store_true")
+    from qpruner.cli.search import add_search_options
+
+    add_search_options(r, in_run=True)
 
 
 def _add_plan_source(p: argparse.ArgumentParser) -> None:
@@ -180,6 +183,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
+    from qpruner.cli.search import search_config
     from qpruner.device import resolve_device
     from qpruner.pipeline import RunConfig, run_pipeline
     from qpruner.prune.config import PruneConfig
@@ -207,6 +211,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         tasks=args.tasks,
         task_dir=args.task_dir,
         task_limit=args.limit,
+        search=search_config(args) if args.memory_budget else None,
     )
     res = run_pipeline(cfg, args.out, args.resume, resolve_device(args.device), not args.no_progress)
     tasks = cfg.tasks

@@ -82,6 +82,52 @@ def uniform_plan(
     return record_pruning(plan, config, shapes)
 
 
+@dataclass
+class TrainedPlan:
+    model: torch.nn.Module  # the peft model, quantized base + trained adapter, in memory
+    train: TrainResult
+    predicted: MemoryReport
+    measured: MemoryReport
+    trainable_params: int
+
+
+def train_plan(
+    model_src: str | Path,
+    plan: Plan,
+    examples: list,
+    cfg: TrainConfig,
+    ckpt_dir: Path,
+    tokenizer,
+    device: str | torch.device = "cpu",
+    loftq: bool = False,
+    resume: bool = False,
+    identity: dict | None = None,
+    progress: bool = True,
+) -> TrainedPlan:
+    """Load, quantize per ``plan``, train LoRA, and price it: predicted and measured memory.
+
+    Shared by :func:`finetune` (which then saves) and the search's evaluator (which only
+    scores the model it returns), so a searched plan is measured exactly as it is recovered.
+    """
+    model = load_model(model_src, dtype=plan_dtype(plan), device=device)
+    record_pruning(plan, model.config, layer_shapes(model))
+    plan.model = plan.model or str(model_src)
+    predicted = estimate(model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing)
+    torch.manual_seed(cfg.seed)  # LoRA A's random init: the same run twice gives the same adapter
+    peft_model = apply_plan(model, plan, loftq=loftq, progress=progress)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    identity = identity if identity is not None else {"plan": plan.to_dict() | {"memory": {}, "metadata": {}}}
+    result = train(peft_model, examples, cfg, ckpt_dir, pad_id, resume, identity, progress)
+    # CUDA: the allocator's peak. CPU: the tensor-level peak (comparable with CUDA's); the
+    # resident-set peak, which adds allocator slack, is kept beside it.
+    on_cuda = torch.device(device).type == "cuda"
+    step_peak = result.step_peak_bytes if on_cuda else result.step_tensor_peak
+    measured = measured_report(peft_model, None, step_peak, {"rss_step_peak": result.step_peak_bytes})
+    measured.components["optimizer_states"] = result.optimizer_bytes
+    return TrainedPlan(peft_model, result, predicted, measured, trainable)
+
+
 def finetune(
     model_src: str | Path,
     data: str | Path,
@@ -116,27 +162,16 @@ def finetune(
     plan.validate(num_layers=len(shapes) if shapes else None, shapes=shapes)
     tokenizer = load_tokenizer(model_src)
     examples = load_examples(data, tokenizer, cfg.cutoff_len, cfg.train_on_inputs)
-    model = load_model(model_src, dtype=plan_dtype(plan), device=device)
-    record_pruning(plan, model.config, layer_shapes(model))
-    plan.model = plan.model or str(model_src)
-    predicted = estimate(model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing)
-    torch.manual_seed(cfg.seed)  # LoRA A's random init: the same run twice gives the same adapter
-    peft_model = apply_plan(model, plan, loftq=loftq, progress=progress)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     identity = {
         "plan": plan.to_dict() | {"memory": {}, "metadata": {}},
         "model": str(model_src),
         "data": str(data),
         "loftq": loftq,
     }
-    result = train(peft_model, examples, cfg, out / "checkpoints", pad_id, resume, identity, progress)
-    # CUDA: the allocator's peak. CPU: the tensor-level peak (comparable with CUDA's); the
-    # resident-set peak, which adds allocator slack, is kept beside it.
-    on_cuda = torch.device(device).type == "cuda"
-    step_peak = result.step_peak_bytes if on_cuda else result.step_tensor_peak
-    measured = measured_report(peft_model, None, step_peak, {"rss_step_peak": result.step_peak_bytes})
-    measured.components["optimizer_states"] = result.optimizer_bytes
+    trained = train_plan(model_src, plan, examples, cfg, out / "checkpoints", tokenizer, device,
+                         loftq=loftq, resume=resume, identity=identity, progress=progress)  # fmt: skip
+    peft_model, result, trainable = trained.model, trained.train, trained.trainable_params
+    predicted, measured = trained.predicted, trained.measured
     plan.memory = {
         "predicted": predicted.to_dict(),
         "measured": measured.to_dict(),

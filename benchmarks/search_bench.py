@@ -1,0 +1,237 @@
+"""Every searcher at the same evaluation budget on the reference model, against random search.
+
+The reference model is Taylor-pruned at ``--ratio`` (layers 1..L-2), then each method
+searches its space for ``--trials`` evaluated plans, under one memory budget: the
+predicted fine-tuning memory of uniform QLoRA (NF4, rank 8). A trial is the real evaluator
+(quantize per plan, ``--steps`` LoRA steps, perplexity on held-out text). Reported per
+method: the best perplexity within budget, the hypervolume of its measured front (error vs
+predicted memory, one reference point per space), and how many evaluations it needed to
+come within 1 % of the best plan a large random search (``--large`` trials) found in the
+same space. Evaluations are deterministic (seeded training), so a plan met twice is
+trained once and its result reused (the count of evaluations is unaffected).
+
+    python benchmarks/search_bench.py            # ~30 min on 2 CPU cores (reference model cached)
+    python benchmarks/search_bench.py --quick    # ~8 min: 6 trials per method, 12 random
+
+Writes benchmarks/results/search_bench.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench_setup import reference_setup, write_results
+
+from qpruner.lora.train import TrainConfig
+from qpruner.prune import PruneConfig
+from qpruner.prune.workflow import prune_checkpoint
+from qpruner.reference import TEST_FILE, TRAIN_FILE
+from qpruner.search.evaluator import Evaluation, FinetuneEvaluator
+from qpruner.search.from_model import SearchConfig, build_space, importance_source
+from qpruner.search.pareto import hypervolume
+from qpruner.search.records import evaluated
+from qpruner.search.run import run_search
+from qpruner.search.searchers import searcher_class
+
+RESULTS = Path(__file__).parent / "results" / "search_bench.json"
+#: (label, method, space)
+RUNS = (
+    ("QPruner", "qpruner", "bits"),
+    ("AutoMixQ", "automixq", "bits"),
+    ("random (bits)", "random", "bits"),
+    ("RankAdaptor", "rankadaptor", "ranks"),
+    ("random (ranks)", "random", "ranks"),
+    ("joint", "joint", "joint"),
+    ("random (joint)", "random", "joint"),
+)
+
+
+class CachedEvaluator:
+    """The real evaluator, remembering results per plan (training is seeded: same plan, same result)."""
+
+    def __init__(self, inner: FinetuneEvaluator):
+        self.inner, self.cache, self.trained = inner, {}, 0
+        self.metric = inner.metric
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def __call__(self, plan) -> Evaluation:
+        key = json.dumps([(lp.weight_format, lp.lora_rank) for lp in plan.layers])
+        if key not in self.cache:
+            self.cache[key] = self.inner(plan)
+            self.trained += 1
+        return self.cache[key]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--trials", type=int, default=12, help="evaluated plans per method")
+    ap.add_argument(
+        "--large", type=int, default=36, help="evaluated plans of the large random search per space"
+    )
+    ap.add_argument("--steps", type=int, default=10, help="LoRA steps per trial")
+    ap.add_argument("--eval-tokens", type=int, default=16_000)
+    ap.add_argument("--bits", default="2,3,4,8")
+    ap.add_argument("--ranks", default="2,4,8,16")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.large, args.steps = 6, 12, 5
+    t_start = time.perf_counter()
+    bench = reference_setup(args.eval_tokens)
+    work = Path(tempfile.mkdtemp(prefix="search_bench."))
+    pruned = work / "pruned"
+    prune_checkpoint(
+        bench.ref.path,
+        pruned,
+        PruneConfig(ratio=args.ratio, layer_start=1, layer_end=-1),
+        bench.corpus / TRAIN_FILE,
+        progress=False,
+    )
+    train = TrainConfig(
+        steps=args.steps,
+        batch_size=8,
+        micro_batch=4,
+        lr=1e-3,
+        warmup_steps=1,
+        cutoff_len=128,
+        save_every=10**9,
+        keep_checkpoints=1,
+    )
+    cfg = SearchConfig(
+        bits=tuple(int(b) for b in args.bits.split(",")),
+        ranks=tuple(int(r) for r in args.ranks.split(",")),
+        train=train,
+        dtype="fp32",
+        calib_data=str(bench.corpus / TRAIN_FILE),
+    )
+    evaluator = CachedEvaluator(
+        FinetuneEvaluator(
+            str(pruned),
+            str(bench.corpus / TRAIN_FILE),
+            str(bench.corpus / TEST_FILE),
+            train,
+            ctx_len=128,
+            eval_max_tokens=args.eval_tokens,
+        )
+    )
+    nf4 = build_space(pruned, SearchConfig(**{**cfg.__dict__, "space": "bits"}))
+    budget = nf4.memory(nf4.choices_from([4] * nf4.num_layers))
+    print(f"budget: {budget / 2**20:.2f} MiB (uniform NF4, rank 8); {nf4.num_layers} layers")
+    importance = importance_source(pruned, cfg, "fp32", "cpu")()
+    print("layer importance (MI):", [round(x, 4) for x in importance])
+
+    def search(label: str, method: str, space_name: str, trials: int) -> dict:
+        space = build_space(pruned, SearchConfig(**{**cfg.__dict__, "space": space_name, "method": method}))
+        kwargs = {"importance": importance} if method in ("qpruner", "joint") else {}
+        searcher = searcher_class(method)(space, budget, 0, **kwargs)
+        t0, before = time.perf_counter(), evaluator.trained
+        res = run_search(
+            space,
+            evaluator,
+            searcher,
+            trials,
+            f"sqlite:///{work / 'studies.db'}",
+            label.replace(" ", "_"),
+            None,
+            progress=False,
+            log=print,
+        )
+        recs = sorted(evaluated(res.summary.records), key=lambda r: r.number)
+        print(
+            f"  {label}: best {min(r.error for r in recs):.3f} after {len(recs)} evaluations "
+            f"({time.perf_counter() - t0:.0f}s, {evaluator.trained - before} trained)"
+        )
+        return {
+            "label": label,
+            "method": method,
+            "space": space_name,
+            "seconds": time.perf_counter() - t0,
+            "trials": [
+                {
+                    "error": r.error,
+                    "memory_predicted": r.memory_predicted,
+                    "memory_measured": r.memory_measured,
+                    "proposed_by": r.proposed_by,
+                    "predicted_error": r.predicted_error,
+                    "bits": space.layer_bits(r.params),
+                    "ranks": space.layer_ranks(r.params),
+                }
+                for r in recs
+            ],
+            "stopped_early": res.stopped_early,
+        }
+
+    large = {s: search(f"large random ({s})", "random", s, args.large) for s in ("bits", "ranks", "joint")}
+    runs = [search(label, m, s, args.trials) for label, m, s in RUNS]
+    rows = []
+    for run in runs:
+        ref_trials = large[run["space"]]["trials"]
+        target = min(t["error"] for t in ref_trials)
+        worst = max(
+            t["error"]
+            for r in [*runs, large[run["space"]]]
+            if r["space"] == run["space"]
+            for t in r["trials"]
+        )
+        ref = (worst * 1.001, float(budget))
+        pts = [(t["error"], float(t["memory_predicted"])) for t in run["trials"]]
+        best_so_far, hit = float("inf"), None
+        for i, t in enumerate(run["trials"], 1):
+            best_so_far = min(best_so_far, t["error"])
+            if hit is None and best_so_far <= 1.01 * target:
+                hit = i
+        rows.append(
+            {
+                "label": run["label"],
+                "space": run["space"],
+                "best_ppl": min(p[0] for p in pts),
+                "hypervolume": hypervolume(pts, ref),
+                "large_random_hypervolume": hypervolume(
+                    [(t["error"], float(t["memory_predicted"])) for t in ref_trials], ref
+                ),
+                "large_random_best": target,
+                "evals_to_1pct": hit,
+                "evaluations": len(pts),
+                "seconds": run["seconds"],
+            }
+        )
+    table = [
+        "| method | space | best ppl within budget | hypervolume (large random) | evals to ≤1 % of large-random best "
+        "| evaluations | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        hit = r["evals_to_1pct"] if r["evals_to_1pct"] is not None else f"not in {r['evaluations']}"
+        table.append(
+            f"| {r['label']} | {r['space']} | {r['best_ppl']:.3f} (random {args.large}: "
+            f"{r['large_random_best']:.3f}) | {r['hypervolume']:.4g} ({r['large_random_hypervolume']:.4g}) "
+            f"| {hit} | {r['evaluations']} | {r['seconds']:.0f} |"
+        )
+    print("\n".join(table))
+    write_results(
+        args.out,
+        bench,
+        {
+            "args": vars(args),
+            "budget": budget,
+            "importance": importance,
+            "rows": rows,
+            "runs": runs,
+            "large_random": large,
+            "plans_trained": evaluator.trained,
+            "wall_seconds": time.perf_counter() - t_start,
+            "table": table,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Command line for stage 4: ``search`` and ``report`` (and the search flags of ``run``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None:
+    """Flags shared by ``search`` and ``run`` (where ``--memory-budget`` switches the search on)."""
+    from qpruner.search.searchers import METHODS
+
+    p.add_argument("--method", choices=list(METHODS), default="qpruner", help="searcher (default qpruner)")
+    p.add_argument(
+        "--memory-budget",
+        required=not in_run,
+        help="fine-tuning memory budget, e.g. 6GiB" + (" (turns the search stage on)" if in_run else ""),
+    )
+    p.add_argument("--space", choices=["bits", "ranks", "joint"], help="searched: default the method's")
+    p.add_argument(
+        "--search-bits",
+        dest="search_bits",
+        type=_ints,
+        default=(4, 8, 16),
+        help="bit widths per layer to choose from (16: unquantized)",
+    )
+    p.add_argument("--ranks", type=_ints, default=(2, 4, 8, 16), help="LoRA ranks per layer to choose from")
+    p.add_argument("--trials", type=int, default=40, help="evaluated plans in the whole study")
+    p.add_argument("--trial-steps", type=int, default=20, help="fine-tune steps per trial")
+    p.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.db); postgresql://...")
+    p.add_argument("--study-name", help="study name (default: the method)")
+    p.add_argument("--heartbeat", type=int, help="RDB heartbeat seconds: fail trials of dead workers")
+    p.add_argument("--search-metric", default="ppl", help="ppl, or an lm-eval task (error = 1 - acc)")
+    p.add_argument(
+        "--layer-importance",
+        choices=["mi", "taylor", "random"],
+        default="mi",
+        help="QPruner's layer importance (mutual information or Taylor)",
+    )
+    p.add_argument("--search-seed", type=int, default=0)
+
+
+def search_config(args: argparse.Namespace, **fixed):
+    from qpruner.lora.train import TrainConfig
+    from qpruner.search import SearchConfig
+
+    steps = args.trial_steps
+    train = TrainConfig(
+        steps=steps,
+        batch_size=8,
+        micro_batch=4,
+        lr=1e-3,
+        warmup_steps=max(1, steps // 10),
+        cutoff_len=128,
+        save_every=10**9,
+        keep_checkpoints=1,
+    )
+    return SearchConfig(
+        method=args.method,
+        memory_budget=args.memory_budget,
+        space=args.space,
+        bits=args.search_bits,
+        ranks=args.ranks,
+        rank=args.rank,
+        fixed_bits=args.bits,
+        trials=args.trials,
+        seed=args.search_seed,
+        storage=args.storage,
+        study_name=args.study_name,
+        heartbeat=args.heartbeat,
+        metric=args.search_metric,
+        task_dir=getattr(args, "task_dir", None),
+        train=train,
+        importance=args.layer_importance,
+        **fixed,
+    )
+
+
+def add_search_parsers(sub) -> None:
+    s = sub.add_parser("search", help="search per-layer bits / LoRA ranks under a memory budget (optuna)")
+    s.add_argument("--model", required=True, help="pruned model directory")
+    s.add_argument("--out", required=True, help="output: plan.json, search.json, report.html, study.db")
+    add_search_options(s)
+    s.add_argument("--rank", type=int, default=8, help="base LoRA rank (fixed when ranks are not searched)")
+    s.add_argument("--bits", type=int, default=4, help="fixed bits when bits are not searched")
+    s.add_argument("--train-data", required=True, help="text or Alpaca JSON for each trial's fine-tune")
+    s.add_argument("--eval-data", help="held-out text for the perplexity metric")
+    s.add_argument("--calib-data", help="calibration text for layer importance (qpruner, joint)")
+    s.add_argument("--task-dir", help="folder of local lm-eval task YAMLs (with --search-metric TASK)")
+    s.add_argument("--resume", action="store_true", help="continue the study (after a crash or kill)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("report", help="HTML report (Pareto front, per-layer bits and ranks) of a search")
+    r.add_argument("path", nargs="?", help="a search dir or a run dir (holding search/)")
+    r.add_argument("--storage", help="optuna storage URL instead of a directory")
+    r.add_argument("--study-name")
+    r.add_argument("--out", help="where to write report.html (default: the search dir)")
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from qpruner.device import resolve_device
+    from qpruner.search import search_model
+
+    data = {"train_data": args.train_data, "eval_data": args.eval_data, "calib_data": args.calib_data}
+    cfg = search_config(args, **data)
+    res = search_model(
+        args.model, cfg, args.out, args.resume, str(resolve_device(args.device)), not args.no_progress
+    )
+    print_result(res)
+
+
+def print_result(res) -> None:
+    from qpruner.eval.size import format_bytes
+    from qpruner.search.records import EVALUATED, REJECTED
+
+    s = res.summary
+    n_ev = sum(r.status == EVALUATED for r in s.records)
+    n_rej = sum(r.status == REJECTED for r in s.records)
+    print(f"{s.method}: {n_ev} plans evaluated, {n_rej} refused over budget ({format_bytes(s.budget)})")
+    best = next((r for r in s.records if r.number == s.chosen), None)
+    if best is None:
+        print("no plan was evaluated")
+        return
+    measured = format_bytes(best.memory_measured) if best.memory_measured else "n/a"
+    print(
+        f"best: trial {best.number}, {s.metric} {best.error:.4f}, memory predicted "
+        f"{format_bytes(best.memory_predicted)} / measured {measured}"
+    )
+    if res.out_dir is not None:
+        print(f"plan: {res.out_dir / 'plan.json'}   report: {res.out_dir / 'report.html'}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from qpruner.errors import QPrunerError
+    from qpruner.search.report import write_report
+    from qpruner.search.run import load_summary
+    from qpruner.search.study import default_storage
+
+    if args.storage:
+        storage, where = args.storage, Path(args.out or ".")
+    elif args.path:
+        where = Path(args.path)
+        if (where / "search" / "study.db").is_file():
+            where = where / "search"
+        if not (where / "study.db").is_file():
+            raise QPrunerError(f"no search found in {args.path} (expected study.db); or pass --storage URL")
+        storage = default_storage(where)
+    else:
+        raise QPrunerError("name a search directory or pass --storage URL")
+    summary = load_summary(storage, args.study_name)
+    print(f"report: {write_report(summary, Path(args.out) if args.out else where)}")
+
+
+SEARCH_COMMANDS = {"search": _cmd_search, "report": _cmd_report}

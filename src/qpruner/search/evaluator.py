@@ -1,0 +1,157 @@
+"""Scoring a plan: apply it, fine-tune briefly, measure quality and memory.
+
+A searcher only ever sees :class:`Evaluation` — an *error* to minimise (perplexity, or
+1 − accuracy for an lm-eval task) and the measured fine-tuning memory — so tests swap in a
+cheap synthetic evaluator and the benchmark the real one. The real one
+(:class:`FinetuneEvaluator`) goes through exactly the code ``qpruner finetune`` runs
+(:func:`qpruner.lora.recover.train_plan`), so a plan is measured as it will be recovered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from qpruner.errors import QPrunerError
+from qpruner.lora.train import TrainConfig
+from qpruner.plan import Plan
+
+
+@dataclass
+class Evaluation:
+    error: float  # lower is better
+    memory: int | None  # measured fine-tuning bytes (None: not measured, the prediction stands)
+    metrics: dict = field(default_factory=dict)
+
+
+class Evaluator(Protocol):
+    metric: str  # how the error reads in reports, e.g. "perplexity"
+
+    def __call__(self, plan: Plan) -> Evaluation: ...
+
+    def describe(self) -> dict:
+        """JSON-able settings; a study resumed with different ones is refused."""
+        ...
+
+
+def _short_training() -> TrainConfig:
+    # A trial is a short recovery: enough steps for the adapter to move, few enough to run
+    # dozens of trials (the papers' own searches fine-tune briefly per candidate).
+    return TrainConfig(
+        steps=20,
+        batch_size=8,
+        micro_batch=4,
+        lr=1e-3,
+        warmup_steps=2,
+        cutoff_len=128,
+        save_every=10**9,
+        keep_checkpoints=1,
+    )
+
+
+@dataclass
+class FinetuneEvaluator:
+    """Quantize the pruned model per plan, train LoRA for ``train.steps``, score held-out data.
+
+    ``metric`` is ``"ppl"`` (perplexity on ``eval_data``, the default) or an lm-eval task name
+    (error = 1 − acc, with ``task_dir`` for local tasks). The tokenizer, training examples and
+    evaluation tokens are loaded once; the model is reloaded per trial (it is quantized in
+    place) from ``model_src``.
+    """
+
+    model_src: str
+    train_data: str
+    eval_data: str | None = None
+    train: TrainConfig = field(default_factory=_short_training)
+    metric_name: str = "ppl"
+    task_dir: str | None = None
+    task_limit: int | None = None
+    eval_max_tokens: int | None = 20_000
+    ctx_len: int | None = 128
+    device: str = "cpu"
+    loftq: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        from qpruner.checkpoint import load_tokenizer
+        from qpruner.lora.data import load_examples
+
+        if self.metric_name == "ppl" and self.eval_data is None:
+            raise QPrunerError("the perplexity metric needs evaluation text (--eval-data)")
+        if self.metric_name != "ppl":
+            from qpruner.eval.zeroshot import check_tasks
+
+            check_tasks([self.metric_name], self.task_dir)
+        self._tokenizer = load_tokenizer(self.model_src)
+        self._examples = load_examples(
+            self.train_data, self._tokenizer, self.train.cutoff_len, self.train.train_on_inputs
+        )
+        self._eval_ids = None
+        if self.metric_name == "ppl":
+            from qpruner.eval.perplexity import load_eval_tokens
+
+            self._eval_ids = load_eval_tokens(self.eval_data, self._tokenizer)
+
+    @property
+    def metric(self) -> str:
+        return "perplexity" if self.metric_name == "ppl" else f"1 - acc ({self.metric_name})"
+
+    def describe(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("progress", "device")}
+        skip = ("save_every", "keep_checkpoints")
+        d["train"] = {k: v for k, v in asdict(self.train).items() if k not in skip}
+        return d
+
+    def __call__(self, plan: Plan) -> Evaluation:
+        from qpruner.lora.recover import train_plan
+
+        t0 = time.perf_counter()
+        work = Path(tempfile.mkdtemp(prefix="qpruner-trial-"))
+        try:
+            trained = train_plan(
+                self.model_src,
+                plan,
+                self._examples,
+                self.train,
+                work,
+                self._tokenizer,
+                self.device,
+                loftq=self.loftq,
+                progress=self.progress,
+            )
+            model = trained.model
+            metrics: dict = {
+                "train_seconds": time.perf_counter() - t0,
+                "final_loss": trained.train.losses[-1] if trained.train.losses else None,
+                "trainable_params": trained.trainable_params,
+                "memory_predicted": trained.predicted.to_dict(),
+                "memory_measured": trained.measured.to_dict(),
+            }
+            if self._eval_ids is not None:
+                from qpruner.eval.perplexity import perplexity
+
+                res = perplexity(model, self._eval_ids, self.ctx_len, None, 8, self.eval_max_tokens, False)
+                metrics["ppl"] = error = res.ppl
+            else:
+                from qpruner.eval.zeroshot import zero_shot
+
+                scores = zero_shot(
+                    model, self._tokenizer, [self.metric_name], self.task_dir, self.task_limit, progress=False
+                )
+                score = scores[self.metric_name]
+                if score.acc is None:
+                    raise QPrunerError(f"task {self.metric_name} has no acc; choose a multiple-choice task")
+                metrics["acc"], metrics["acc_norm"] = score.acc, score.acc_norm
+                error = 1.0 - score.acc
+            metrics["seconds"] = time.perf_counter() - t0
+            return Evaluation(float(error), int(trained.measured.total), metrics)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -1,0 +1,165 @@
+"""``qpruner search``: the search over a pruned checkpoint, from a handful of settings.
+
+Builds the pieces the loop needs — the space from the checkpoint's stored shapes, the
+fine-tune evaluator, the searcher (with layer importance computed lazily from calibration
+text, only for the searchers that use it and only if the study has none stored) — and runs
+:func:`qpruner.search.run.run_search`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from qpruner.errors import QPrunerError
+from qpruner.lora.train import TrainConfig
+from qpruner.search.run import SearchResult, run_search
+from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
+from qpruner.search.space import SearchSpace, parse_size
+from qpruner.search.study import default_storage
+
+
+@dataclass
+class SearchConfig:
+    method: str = "qpruner"
+    memory_budget: str | int = "6GiB"
+    space: str | None = None  # bits | ranks | joint; None: the method's own
+    bits: tuple[int, ...] = (4, 8, 16)
+    ranks: tuple[int, ...] = (2, 4, 8, 16)
+    rank: int = 8  # the base rank: every layer's when ranks are not searched; RankAdaptor's budget
+    fixed_bits: int = 4  # every layer's bits when bits are not searched
+    trials: int = 40
+    seed: int = 0
+    storage: str | None = None  # default sqlite:///OUT/study.db
+    study_name: str | None = None  # default: the method's name
+    heartbeat: int | None = None
+    train_data: str | None = None
+    eval_data: str | None = None
+    calib_data: str | None = None
+    metric: str = "ppl"  # or an lm-eval task name (error = 1 - acc)
+    task_dir: str | None = None
+    task_limit: int | None = None
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=20,
+            batch_size=8,
+            micro_batch=4,
+            lr=1e-3,
+            warmup_steps=2,
+            cutoff_len=128,
+            save_every=10**9,
+            keep_checkpoints=1,
+        )
+    )
+    eval_max_tokens: int | None = 20_000
+    ctx_len: int | None = 128
+    importance: str = "mi"  # mi | taylor | random
+    n_calib: int = 16
+    calib_len: int = 128
+    dtype: str | None = None  # plan dtype; None: bf16 on CUDA, fp32 on CPU
+    options: dict = field(default_factory=dict)  # searcher keyword arguments (n_initial, tolerance, ...)
+
+
+def build_space(model_src: str | Path, cfg: SearchConfig, device: str = "cpu") -> SearchSpace:
+    from transformers import AutoConfig
+
+    from qpruner.lora.recover import default_dtype, uniform_plan
+
+    method_space = searcher_class(cfg.method).default_space
+    dtype = cfg.dtype or default_dtype(torch.device(device))
+    base = uniform_plan(model_src, cfg.fixed_bits, cfg.rank, None, dtype)
+    config = AutoConfig.from_pretrained(str(model_src))
+    return SearchSpace(
+        base,
+        config,
+        tuple(cfg.bits),
+        tuple(cfg.ranks),
+        cfg.space or method_space,
+        cfg.fixed_bits,
+        cfg.rank,
+        batch=cfg.train.micro_batch,
+        seq_len=cfg.train.cutoff_len,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+    )
+
+
+def importance_source(model_src: str | Path, cfg: SearchConfig, dtype: str, device: str):
+    """A callable computing per-layer importance on the unquantized pruned model (run at most once)."""
+    if cfg.calib_data is None:
+        return None
+
+    def compute() -> list[float]:
+        from qpruner.checkpoint import load_model, load_tokenizer
+        from qpruner.device import resolve_dtype
+        from qpruner.prune.calibration import calibration_samples
+        from qpruner.search.importance import layer_importance
+
+        tok = load_tokenizer(model_src)
+        samples = calibration_samples(cfg.calib_data, tok, cfg.n_calib, cfg.calib_len, seed=cfg.seed)
+        model = load_model(model_src, dtype=resolve_dtype(dtype, torch.device(device)), device=device)
+        return layer_importance(model, samples, cfg.importance, seed=cfg.seed)
+
+    return compute
+
+
+def search_model(
+    model_src: str | Path,
+    cfg: SearchConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    evaluator=None,
+    log=print,
+) -> SearchResult:
+    """Search a plan for the pruned checkpoint ``model_src`` under ``cfg.memory_budget``."""
+    from qpruner.search.evaluator import FinetuneEvaluator
+
+    out = Path(out_dir)
+    storage = cfg.storage or default_storage(out)
+    if cfg.storage is None and (out / "study.db").exists() and not resume:
+        raise QPrunerError(f"{out} already holds a search; pass --resume to continue it or use a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    budget = parse_size(cfg.memory_budget)
+    space = build_space(model_src, cfg, device)
+    space.check_budget(budget)
+    if evaluator is None:
+        if cfg.train_data is None:
+            raise QPrunerError("the search fine-tunes every plan briefly: pass --train-data")
+        evaluator = FinetuneEvaluator(
+            str(model_src),
+            str(cfg.train_data),
+            cfg.eval_data,
+            cfg.train,
+            cfg.metric,
+            cfg.task_dir,
+            cfg.task_limit,
+            cfg.eval_max_tokens,
+            cfg.ctx_len,
+            device,
+        )
+    cls = searcher_class(cfg.method)
+    kwargs = dict(cfg.options)
+    if cfg.method in USES_IMPORTANCE:
+        kwargs.setdefault("importance", importance_source(model_src, cfg, space.base.dtype, device))
+        kwargs.setdefault("importance_method", cfg.importance)
+    try:
+        searcher = cls(space, budget, cfg.seed, **kwargs)
+    except TypeError as exc:
+        raise QPrunerError(f"{cfg.method}: bad searcher option ({exc})") from exc
+    return run_search(
+        space,
+        evaluator,
+        searcher,
+        cfg.trials,
+        storage,
+        cfg.study_name or cfg.method,
+        out,
+        resume,
+        str(model_src),
+        cfg.heartbeat,
+        progress,
+        log,
+    )

@@ -1,0 +1,253 @@
+"""Running a search: the loop every searcher shares, its outputs, and resuming it.
+
+Each iteration reads the study's trials, asks the searcher for a plan (queued into the
+study) or lets the study's sampler choose, prices the plan, refuses it before any training
+when its predicted memory is over budget, otherwise evaluates it and stores everything in
+the trial. A trial is one ``study.optimize(..., n_trials=1)``, so optuna's own machinery
+(heartbeats where the storage has them, failing a trial whose objective raised) applies.
+``trials`` counts evaluated trials in the whole study, whichever worker ran them.
+
+Outputs in ``out_dir``: ``plan.json`` (the best plan within budget, with its predicted and
+measured memory), ``search.json`` (every trial) and ``report.html`` with its PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from qpruner.errors import QPrunerError
+from qpruner.plan import Plan
+from qpruner.search import study as st
+from qpruner.search.evaluator import Evaluator
+from qpruner.search.records import EVALUATED, REJECTED, TrialRecord, evaluated
+from qpruner.search.report import SearchSummary, write_report
+from qpruner.search.searchers.base import Searcher
+from qpruner.search.space import SearchSpace
+
+SUMMARY_FILE = "search.json"
+PLAN_FILE = "plan.json"
+#: Plans refused in a row (over budget) before the search gives up on its sampler.
+MAX_REJECTED_IN_A_ROW = 500
+
+
+@dataclass
+class SearchResult:
+    summary: SearchSummary
+    plan: Plan | None
+    out_dir: Path | None
+    stopped_early: bool = False
+    new_trials: int = 0
+    failed_recovered: list[int] = field(default_factory=list)
+
+
+def _objective(space: SearchSpace, searcher: Searcher, evaluator: Evaluator, budget: int, model: str | None):
+    def objective(trial) -> float:
+        trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
+        if "proposed_by" not in trial.user_attrs:
+            trial.set_user_attr("proposed_by", f"sampler ({type(trial.study.sampler).__name__})")
+        choices = space.suggest(trial)
+        mem = space.memory(choices)
+        trial.set_user_attr("memory_predicted", int(mem))
+        trial.set_constraint("memory_over_budget", float(mem - budget))
+        if mem > budget:
+            # Refused before any training. The sampler is told a value worse than any seen,
+            # and the constraint, so it learns where the budget lies.
+            trial.set_user_attr("status", REJECTED)
+            trials_so_far = trial.study.get_trials(deepcopy=False)
+            errors = [r.error for r in evaluated([st.record_of(t) for t in trials_so_far])]
+            if not errors:
+                import optuna
+
+                raise optuna.TrialPruned("over budget")
+            return max(errors) * 1.25 if max(errors) > 0 else max(errors) + 1.0
+        plan = space.plan(choices)
+        plan.model = model
+        ev = evaluator(plan)
+        measured = ev.metrics.get("memory_measured")
+        plan.memory = {"predicted": ev.metrics.get("memory_predicted", {"total": int(mem)})}
+        if measured:
+            plan.memory["measured"] = measured
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("memory_measured", ev.memory)
+        trial.set_user_attr("metrics", {k: v for k, v in ev.metrics.items() if not k.startswith("memory_")})
+        trial.set_user_attr("error", float(ev.error))
+        trial.set_user_attr("status", EVALUATED)
+        return float(ev.error)
+
+    return objective
+
+
+def best_record(records: list[TrialRecord], budget: int) -> TrialRecord | None:
+    """The lowest error among evaluated plans whose predicted memory fits ``budget``."""
+    fits = [r for r in evaluated(records) if r.memory_predicted is None or r.memory_predicted <= budget]
+    return min(fits, key=lambda r: (r.error, r.number)) if fits else None
+
+
+def run_search(
+    space: SearchSpace,
+    evaluator: Evaluator,
+    searcher: Searcher,
+    trials: int,
+    storage: str,
+    study_name: str,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    model: str | None = None,
+    heartbeat: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> SearchResult:
+    """Search until the study holds ``trials`` evaluated plans (or the searcher converges)."""
+    import optuna
+
+    if trials < 1:
+        raise QPrunerError(f"--trials must be at least 1, got {trials}")
+    budget = searcher.budget
+    space.check_budget(budget)  # one-line error before anything is created
+    identity = {
+        "method": searcher.name,
+        "space": space.describe(),
+        "searcher": searcher.describe(),
+        "evaluator": evaluator.describe(),
+        "budget": budget,
+        "seed": searcher.seed,
+        "model": model,
+    }
+    storage_obj = st.make_storage(storage, heartbeat)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = st.open_study(storage_obj, study_name, identity, resume, searcher.sampler())
+        recovered = st.fail_dead_trials(study)
+        if recovered:
+            log(f"trials {recovered} were left running by a dead worker: marked failed, queued once more")
+        searcher.setup(study)
+        objective = _objective(space, searcher, evaluator, budget, model)
+        recs = st.records(study)
+        done0 = st.count(recs)
+        bar = tqdm(
+            total=trials,
+            initial=min(done0, trials),
+            desc=f"search ({searcher.name})",
+            unit="trial",
+            disable=not progress,
+        )
+        rejected_in_a_row, stopped_early = 0, False
+        while True:
+            recs = st.records(study)
+            done = st.count(recs)
+            bar.n = min(done, trials)
+            best = best_record(recs, budget)
+            if best is not None:
+                bar.set_postfix(best=f"{best.error:.4g}", refused=st.count(recs, REJECTED))
+            bar.refresh()
+            if done >= trials:
+                break
+            if searcher.finished(recs):
+                stopped_early = True
+                log(f"{searcher.name}: converged after {done} evaluated plans")
+                break
+            if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+                raise QPrunerError(
+                    f"{searcher.name}: {rejected_in_a_row} plans in a row were over budget; raise the budget"
+                )
+            if not any(r.status == "waiting" for r in recs):
+                proposal = searcher.propose(recs)
+                if proposal is not None:
+                    attrs = {"proposed_by": proposal.proposed_by}
+                    if proposal.predicted_error is not None:
+                        attrs["predicted_error"] = float(proposal.predicted_error)
+                    study.enqueue_trial(proposal.choices, user_attrs=attrs, skip_if_exists=False)
+            n_before = len(recs)
+            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+            last = [t for t in study.get_trials(deepcopy=False) if t.number >= n_before]
+            rejected = any(t.user_attrs.get("status") == REJECTED for t in last)
+            rejected_in_a_row = rejected_in_a_row + 1 if rejected else 0
+        bar.close()
+        recs = st.records(study)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return finish(
+        study,
+        recs,
+        searcher,
+        evaluator,
+        budget,
+        storage,
+        out_dir,
+        stopped_early,
+        st.count(recs) - done0,
+        recovered,
+    )
+
+
+def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:
+    """Everything the report needs, from the study alone (no worker's files)."""
+    ident = study.user_attrs.get(st.IDENTITY_ATTR, {})
+    budget = ident.get("budget")
+    best = best_record(recs, budget) if budget is not None else None
+    metric = (ident.get("evaluator") or {}).get("metric_name", "error")
+    extra = {k: v for k, v in study.user_attrs.items() if k != st.IDENTITY_ATTR}
+    extra["space"] = ident.get("space")
+    return SearchSummary(
+        method=ident.get("method", "?"),
+        metric="perplexity" if metric == "ppl" else f"1 - acc ({metric})" if metric != "error" else metric,
+        budget=budget,
+        records=recs,
+        chosen=best.number if best else None,
+        study_name=study.study_name,
+        storage=st.mask_url(storage),
+        extra=extra,
+    )
+
+
+def finish(study, recs, searcher, evaluator, budget, storage, out_dir, stopped_early, new, recovered):
+    summary = summary_of(study, recs, storage)
+    if hasattr(evaluator, "metric"):
+        summary.metric = evaluator.metric
+    best = next((r for r in recs if r.number == summary.chosen), None)
+    plan = None
+    if best is not None and best.plan is not None:
+        plan = Plan.from_dict(best.plan)
+        plan.metadata = {
+            "search": {
+                "method": searcher.name,
+                "trial": best.number,
+                "error": best.error,
+                "metric": summary.metric,
+                "study": study.study_name,
+                "budget": budget,
+            }
+        }
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (SUMMARY_FILE + ".tmp")
+        tmp.write_text(json.dumps(summary.to_dict(), indent=1, default=str))
+        tmp.replace(out / SUMMARY_FILE)
+        if plan is not None:
+            plan.save(out / PLAN_FILE)
+        write_report(summary, out)
+    return SearchResult(summary, plan, out, stopped_early, new, recovered)
+
+
+def load_summary(storage: str, study_name: str | None = None) -> SearchSummary:
+    """Rebuild a search's summary from its storage URL (for ``qpruner report``)."""
+    import optuna
+
+    storage_obj = st.make_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage_obj, include_best_trial=False)]
+    if not names:
+        raise QPrunerError(f"storage {st.mask_url(storage)} holds no study")
+    if study_name is None:
+        if len(names) > 1:
+            raise QPrunerError(f"storage holds several studies ({', '.join(names)}); pass --study-name")
+        study_name = names[0]
+    if study_name not in names:
+        raise QPrunerError(f"no study {study_name!r} in {st.mask_url(storage)} (it has {', '.join(names)})")
+    study = optuna.load_study(study_name=study_name, storage=storage_obj)
+    return summary_of(study, st.records(study), storage)

@@ -1,0 +1,142 @@
+"""AutoMixQ: a lightweight performance model, a predicted Pareto front, plans chosen from it.
+
+After a few random plans within budget are evaluated, each proposal:
+
+1. fits the performance model (:mod:`qpruner.search.performance`) on every evaluated plan
+   of the study (features → measured error);
+2. runs NSGA-II (optuna's ``NSGAIISampler``, in memory) on the *model*: thousands of
+   candidate plans scored in batches by predicted error and predicted memory, memory over
+   the budget as a constraint; its final front is the predicted Pareto front;
+3. picks from that front the unevaluated plan that would add most to the measured front's
+   hypervolume if it performed optimistically (mean − κ·spread of the ensemble), so the
+   search both exploits the model and tests where it is unsure.
+
+The output is the measured Pareto front and the best plan within budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qpruner.search.pareto import hypervolume
+from qpruner.search.performance import PerformanceModel, PerformanceModelConfig
+from qpruner.search.records import TrialRecord, evaluated
+from qpruner.search.searchers.base import Proposal, Searcher
+from qpruner.search.space import SearchSpace
+
+MODEL = "performance model"
+
+
+def surrogate_front(
+    space: SearchSpace,
+    model: PerformanceModel,
+    budget: int,
+    seed: int,
+    population: int,
+    generations: int,
+    starts: list[dict[str, int]],
+) -> list[tuple[dict[str, int], float, float, int]]:
+    """NSGA-II over the performance model: ``[(choices, mean, spread, memory)]`` of its feasible trials."""
+    import optuna
+
+    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        for c in starts:
+            study.enqueue_trial(c)
+        dists = space.distributions()
+        out: dict[tuple[int, ...], tuple[dict[str, int], float, float, int]] = {}
+        for _ in range(generations):
+            trials = [study.ask(dists) for _ in range(population)]
+            choices = [{k: int(v) for k, v in t.params.items()} for t in trials]
+            mean, spread = model.predict_with_spread(np.stack([space.features(c) for c in choices]))
+            for t, c, m, s in zip(trials, choices, mean, spread, strict=True):
+                mem = space.memory(c)
+                t.set_constraint("memory_over_budget", float(mem - budget))
+                study.tell(t, [float(m), float(mem)])
+                if mem <= budget:
+                    out[space.key(c)] = (c, float(m), float(s), mem)
+    finally:
+        optuna.logging.set_verbosity(level)
+    return list(out.values())
+
+
+class AutoMixQSearcher(Searcher):
+    name = "automixq"
+    default_space = "bits"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: int,
+        seed: int = 0,
+        n_initial: int = 5,
+        model: PerformanceModelConfig | None = None,
+        population: int = 40,
+        generations: int = 15,
+        kappa: float = 1.0,
+    ):
+        super().__init__(space, budget, seed)
+        self.n_initial, self.kappa = n_initial, kappa
+        self.population, self.generations = population, generations
+        self.model_config = model or PerformanceModelConfig(seed=seed)
+
+    def describe(self) -> dict:
+        return {
+            "method": self.name,
+            "n_initial": self.n_initial,
+            "population": self.population,
+            "generations": self.generations,
+            "kappa": self.kappa,
+            "model": self.model_config.kind,
+        }
+
+    def initial_design(self, records: list[TrialRecord]) -> Proposal | None:
+        """Random plans within budget until ``n_initial`` have been proposed."""
+        proposed = [r for r in records if r.params and r.status != "rejected" and r.retry_of is None]
+        if len(proposed) >= self.n_initial:
+            return None
+        found = self.random_feasible(self.rng(records), self.seen(records))
+        return Proposal(found[0], "initial design") if found else None
+
+    def fit(self, records: list[TrialRecord]) -> PerformanceModel | None:
+        ev = evaluated(records)
+        if len(ev) < 2:
+            return None
+        X = np.stack([self.space.features(r.params) for r in ev])
+        y = np.array([r.error for r in ev], dtype=np.float64)
+        return PerformanceModel(self.model_config).fit(X, y)
+
+    def propose(self, records: list[TrialRecord]) -> Proposal:
+        start = self.initial_design(records)
+        model = None if start is not None else self.fit(records)
+        if model is None:
+            found = start or Proposal(self._random(records), "initial design")
+            return found
+        seen = self.seen(records)
+        ev = sorted(evaluated(records), key=lambda r: r.error)
+        starts = [r.params for r in ev[: self.population // 2]]
+        cands = surrogate_front(self.space, model, self.budget, self.seed + len(records), self.population,
+                                self.generations, starts)  # fmt: skip
+        cands = [c for c in cands if self.space.key(c[0]) not in seen]
+        if not cands:
+            return Proposal(self._random(records), "random (model front exhausted)")
+        measured = [(r.error, float(self.space.memory(r.params))) for r in ev]
+        worst = max(e for e, _ in measured)
+        ref = (worst + 0.1 * abs(worst) + 1e-9, float(self.budget) + 1.0)
+        base = hypervolume(measured, ref)
+
+        def gain(c: tuple[dict[str, int], float, float, int]) -> tuple[float, float]:
+            optimistic = c[1] - self.kappa * c[2]
+            return (hypervolume([*measured, (optimistic, float(c[3]))], ref) - base, -optimistic)
+
+        best = max(cands, key=gain)
+        return Proposal(best[0], MODEL, best[1])
+
+    def _random(self, records: list[TrialRecord]) -> dict[str, int]:
+        found = self.random_feasible(self.rng(records), self.seen(records))
+        if not found:
+            raise self.exhausted()
+        return found[0]

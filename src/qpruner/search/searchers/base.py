@@ -1,0 +1,101 @@
+"""What every searcher is: given the study's trials so far, propose the next plan.
+
+A searcher either returns a :class:`Proposal` (its own choice, queued into the study with
+``enqueue_trial`` so any worker evaluates it) or ``None`` (the study's optuna sampler
+chooses). Its state is rebuilt from the trials on every call — nothing lives only in one
+process — so a resumed search, or another worker, proposes from everything the study knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qpruner.errors import QPrunerError
+from qpruner.search.records import REJECTED, TrialRecord
+from qpruner.search.space import InfeasibleBudget, SearchSpace
+
+
+@dataclass
+class Proposal:
+    choices: dict[str, int]
+    proposed_by: str
+    predicted_error: float | None = None
+
+
+class Searcher:
+    name = "base"
+    default_space = "joint"
+
+    def __init__(self, space: SearchSpace, budget: int, seed: int = 0):
+        self.space, self.budget, self.seed = space, int(budget), int(seed)
+
+    # ---- what the driver calls ------------------------------------------------------------
+    def sampler(self):
+        """The sampler used when :meth:`propose` returns None."""
+        import optuna
+
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+    def setup(self, study) -> None:
+        """Compute (or read back from the study) whatever the searcher needs before trial 1."""
+
+    def propose(self, records: list[TrialRecord]) -> Proposal | None:
+        raise NotImplementedError
+
+    def finished(self, records: list[TrialRecord]) -> bool:
+        """True when the searcher has converged before the trial budget is spent."""
+        return False
+
+    def describe(self) -> dict:
+        return {"method": self.name}
+
+    # ---- shared helpers ---------------------------------------------------------------------
+    def feasible(self, choices: dict[str, int]) -> bool:
+        return self.space.memory(choices) <= self.budget
+
+    def rng(self, records: list[TrialRecord]) -> np.random.Generator:
+        """Seeded by the seed and the study's size: a resumed search draws what it would have."""
+        return np.random.default_rng([self.seed, len(records)])
+
+    def seen(self, records: list[TrialRecord]) -> set[tuple[int, ...]]:
+        """Plans already evaluated, running or queued (never proposed twice)."""
+        return {self.space.key(r.params) for r in records if r.params and r.status != REJECTED}
+
+    def random_feasible(
+        self,
+        rng: np.random.Generator,
+        seen: set[tuple[int, ...]],
+        n: int = 1,
+        accept: Callable[[dict[str, int]], bool] | None = None,
+        tries: int = 20_000,
+    ) -> list[dict[str, int]]:
+        """Up to ``n`` distinct unseen plans drawn uniformly, kept if they fit the budget.
+
+        Uniform draws rarely fit a tight budget, so after half the tries each draw is pulled
+        toward the cheapest plan (a random share of its parameters set to their minimum):
+        still random, but from the budget's side of the space.
+        """
+        accept = accept or self.feasible
+        cheapest = self.space.cheapest()
+        out, keys = [], set(seen)
+        for t in range(tries):
+            c = self.space.sample(rng)
+            if t > tries // 2:
+                share = rng.random()
+                c = {k: (cheapest[k] if rng.random() < share else v) for k, v in c.items()}
+            k = self.space.key(c)
+            if k not in keys and accept(c):
+                out.append(c)
+                keys.add(k)
+                if len(out) >= n:
+                    break
+        return out
+
+    def exhausted(self) -> QPrunerError:
+        return InfeasibleBudget(
+            f"{self.name}: no unevaluated plan of this space fits the budget; the search space is used up "
+            "(lower --trials or widen --bits/--ranks)"
+        )

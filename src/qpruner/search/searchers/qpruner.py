@@ -1,0 +1,110 @@
+"""QPruner (Zhou et al., NAACL Findings 2025): bits from layer importance, refined by Bayesian optimisation.
+
+1. Each layer's importance to the task (mutual information between its output and the
+   model's prediction on calibration data, or Taylor; :mod:`qpruner.search.importance`).
+2. An initial allocation meeting the budget, greedy: every layer starts at the fewest bits,
+   then level by level the most important layers are raised first while the plan fits.
+3. Bayesian optimisation seeded with that allocation: optuna's ``GPSampler`` (a Gaussian
+   process with log expected improvement, maintained by optuna) minimises the error, with
+   the memory budget as a constraint. Plans the GP proposes over budget are refused before
+   any training and told to it as infeasible, so it learns where the budget lies.
+
+Importance and the allocation are stored as study attributes, so a resumed search or a
+second worker uses the same ones without recomputing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qpruner.errors import QPrunerError
+from qpruner.search.records import TrialRecord
+from qpruner.search.searchers.base import Proposal, Searcher
+from qpruner.search.space import InfeasibleBudget, SearchSpace
+
+IMPORTANCE_ATTR = "importance"
+ALLOCATION_ATTR = "initial_allocation"
+INITIAL = "initial allocation"
+
+ImportanceSource = list[float] | Callable[[], list[float]]
+
+
+def initial_bits(space: SearchSpace, importance: list[float], budget: int) -> list[int]:
+    """Greedy allocation: more bits to more important layers, within ``budget``."""
+    if len(importance) != space.num_layers:
+        raise QPrunerError(f"importance has {len(importance)} scores for {space.num_layers} layers")
+    levels = sorted(space.bits)
+    bits = [levels[0]] * space.num_layers
+    ranks = space.layer_ranks({})
+
+    def cost(b: list[int]) -> int:
+        return space.memory(space.choices_from(b, ranks))
+
+    if cost(bits) > budget:
+        space.check_budget(budget)
+        raise InfeasibleBudget("even the fewest bits everywhere exceed the budget")
+    order = sorted(range(space.num_layers), key=lambda i: (-importance[i], i))
+    for level in levels[1:]:
+        for i in order:
+            trial = list(bits)
+            trial[i] = level
+            if cost(trial) <= budget:
+                bits = trial
+    return bits
+
+
+def load_importance(study, source: ImportanceSource | None, method: str) -> list[float]:
+    """The study's stored importance, else computed from ``source`` and stored."""
+    stored = study.user_attrs.get(IMPORTANCE_ATTR)
+    if stored is not None:
+        return [float(x) for x in stored["scores"]]
+    if source is None:
+        raise QPrunerError("this searcher needs layer importance: pass calibration data (--calib-data)")
+    scores = [float(x) for x in (source() if callable(source) else source)]
+    study.set_user_attr(IMPORTANCE_ATTR, {"scores": scores, "method": method})
+    return scores
+
+
+class QPrunerSearcher(Searcher):
+    name = "qpruner"
+    default_space = "bits"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: int,
+        seed: int = 0,
+        importance: ImportanceSource | None = None,
+        importance_method: str = "mi",
+        n_startup: int = 4,
+    ):
+        super().__init__(space, budget, seed)
+        if not space.searches_bits:
+            raise QPrunerError("the qpruner searcher allocates bits: use a bits or joint space")
+        self.importance_source, self.importance_method = importance, importance_method
+        self.n_startup = n_startup
+        self.importance: list[float] = []
+        self.allocation: dict[str, int] = {}
+
+    def sampler(self):
+        import optuna
+
+        # The memory constraint reaches the GP through ``trial.set_constraint`` (see run.py).
+        return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.n_startup)
+
+    def setup(self, study) -> None:
+        self.importance = load_importance(study, self.importance_source, self.importance_method)
+        stored = study.user_attrs.get(ALLOCATION_ATTR)
+        if stored is None:
+            bits = initial_bits(self.space, self.importance, self.budget)
+            stored = self.space.choices_from(bits, self.space.layer_ranks({}))
+            study.set_user_attr(ALLOCATION_ATTR, stored)
+        self.allocation = {k: int(v) for k, v in stored.items()}
+
+    def propose(self, records: list[TrialRecord]) -> Proposal | None:
+        if not any(r.proposed_by == INITIAL for r in records):
+            return Proposal(dict(self.allocation), INITIAL)
+        return None  # the GP sampler proposes
+
+    def describe(self) -> dict:
+        return {"method": self.name, "importance_method": self.importance_method, "n_startup": self.n_startup}

@@ -1,0 +1,249 @@
+"""The search space: one choice of bit width and of LoRA rank per decoder layer.
+
+Every searcher speaks in *choices* — ``{"bits_3": 4, "rank_3": 8, ...}``, the optuna
+parameter names — and the space turns choices into a :class:`~qpruner.plan.Plan`, prices
+them with the memory model (exact for weights, LoRA and AdamW; estimated for activations),
+and encodes them as feature vectors for the performance models. Layers whose bits (or
+ranks) are not searched keep the fixed value, so QPruner/AutoMixQ (bits), RankAdaptor
+(ranks) and the joint search share one space type.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from qpruner.errors import QPrunerError
+from qpruner.memory import estimate
+from qpruner.plan import BITS_TO_FORMAT, Plan, format_for_bits
+
+SPACES = ("bits", "ranks", "joint")
+
+
+class InfeasibleBudget(QPrunerError):
+    """No plan of the space fits the memory budget."""
+
+
+def parse_size(text: str | int | float) -> int:
+    """``6GiB``, ``512MiB``, ``1.5GB``, ``123456`` (bytes) → bytes."""
+    if isinstance(text, int | float):
+        return int(text)
+    units = {
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
+    s = str(text).strip().lower().replace(" ", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = math.nan
+    if unit not in units or not math.isfinite(value) or value <= 0:
+        raise QPrunerError(f"cannot read memory size {text!r}; write e.g. 6GiB, 512MiB or a byte count")
+    return int(value * units[unit])
+
+
+@dataclass
+class SearchSpace:
+    """Per-layer bits and ranks over ``base`` (a plan carrying the pruned model's shapes)."""
+
+    base: Plan
+    model_config: object  # HF config or its dict: what the memory model reads
+    bits: tuple[int, ...] = (4, 8, 16)  # 16 (or more): unquantized, in the plan's dtype
+    ranks: tuple[int, ...] = (2, 4, 8, 16)
+    search: str = "bits"  # "bits" | "ranks" | "joint"
+    fixed_bits: int = 4  # every layer's bits when bits are not searched
+    fixed_rank: int = 8  # every layer's rank when ranks are not searched
+    alpha_per_rank: float = 2.0  # LoRA alpha = 2 x rank (alpaca-lora's 16 at rank 8)
+    batch: int = 4  # micro-batch and sequence length the memory is priced at
+    seq_len: int = 256
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.search not in SPACES:
+            raise QPrunerError(f"unknown search space {self.search!r}; choose from {', '.join(SPACES)}")
+        self.bits = tuple(sorted(set(int(b) for b in self.bits)))
+        self.ranks = tuple(sorted(set(int(r) for r in self.ranks)))
+        for b in (*self.bits, self.fixed_bits):
+            if b < 16 and b not in BITS_TO_FORMAT:
+                raise QPrunerError(f"no format for {b}-bit weights; choose from {sorted(BITS_TO_FORMAT)}, 16")
+        if not self.ranks or min(self.ranks) < 1 or self.fixed_rank < 1:
+            raise QPrunerError(f"LoRA ranks must be positive integers, got {list(self.ranks)}")
+
+    # ---- parameters ---------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.base.layers)
+
+    @property
+    def searches_bits(self) -> bool:
+        return self.search in ("bits", "joint")
+
+    @property
+    def searches_ranks(self) -> bool:
+        return self.search in ("ranks", "joint")
+
+    @cached_property
+    def param_choices(self) -> dict[str, tuple[int, ...]]:
+        """optuna parameter name → its categorical choices, in a stable order."""
+        out: dict[str, tuple[int, ...]] = {}
+        for i in range(self.num_layers):
+            if self.searches_bits:
+                out[f"bits_{i}"] = self.bits
+            if self.searches_ranks:
+                out[f"rank_{i}"] = self.ranks
+        return out
+
+    def distributions(self) -> dict:
+        from optuna.distributions import CategoricalDistribution
+
+        return {k: CategoricalDistribution(list(v)) for k, v in self.param_choices.items()}
+
+    def suggest(self, trial) -> dict[str, int]:
+        return {k: int(trial.suggest_categorical(k, list(v))) for k, v in self.param_choices.items()}
+
+    def layer_bits(self, choices: dict[str, int]) -> list[int]:
+        return [int(choices.get(f"bits_{i}", self.fixed_bits)) for i in range(self.num_layers)]
+
+    def layer_ranks(self, choices: dict[str, int]) -> list[int]:
+        return [int(choices.get(f"rank_{i}", self.fixed_rank)) for i in range(self.num_layers)]
+
+    def choices_from(self, bits: list[int] | None = None, ranks: list[int] | None = None) -> dict[str, int]:
+        """Per-layer lists → choices (only the searched parameters)."""
+        out: dict[str, int] = {}
+        for i in range(self.num_layers):
+            if self.searches_bits:
+                out[f"bits_{i}"] = int(bits[i] if bits is not None else self.fixed_bits)
+            if self.searches_ranks:
+                out[f"rank_{i}"] = int(ranks[i] if ranks is not None else self.fixed_rank)
+        return out
+
+    def key(self, choices: dict[str, int]) -> tuple[int, ...]:
+        """Hashable identity of a plan in this space (for de-duplication)."""
+        return tuple(int(choices[k]) for k in self.param_choices)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, int]:
+        return {k: int(v[rng.integers(len(v))]) for k, v in self.param_choices.items()}
+
+    # ---- plans and their price -------------------------------------------------------------
+    def plan(self, choices: dict[str, int]) -> Plan:
+        plan = copy.deepcopy(self.base)
+        for lp, b, r in zip(plan.layers, self.layer_bits(choices), self.layer_ranks(choices), strict=True):
+            lp.weight_format = format_for_bits(b, plan.dtype)
+            lp.lora_rank = r
+            lp.lora_alpha = float(self.alpha_per_rank * r)
+            lp.module_formats, lp.module_ranks, lp.module_alphas = {}, {}, {}
+        plan.memory, plan.metadata = {}, {}
+        return plan
+
+    @cached_property
+    def _costs(self) -> tuple[int, list[dict], list[int]]:
+        """Memory as a constant plus one term per layer and choice, priced once.
+
+        The memory model is additive over layers for everything a plan changes: a layer's
+        weights depend on its bits, its LoRA parameters, gradients and AdamW moments on its
+        rank; activations depend on shapes only. So pricing each (layer, bits, rank) once by
+        difference makes pricing a candidate a sum — searchers price thousands — and
+        :meth:`memory_exact` checks it against the full model (tested equal).
+        """
+        lo_b, lo_r = self.layer_bits({}), self.layer_ranks({})
+        lo_b = [min(self.bits) if self.searches_bits else b for b in lo_b]
+        lo_r = [min(self.ranks) if self.searches_ranks else r for r in lo_r]
+        base = self._price(lo_b, lo_r)
+        bit_set = self.bits if self.searches_bits else (self.fixed_bits,)
+        rank_set = self.ranks if self.searches_ranks else (self.fixed_rank,)
+        per_layer, lora_per_rank = [], []
+        for i in range(self.num_layers):
+            table = {}
+            for b in bit_set:
+                for r in rank_set:
+                    bb, rr = list(lo_b), list(lo_r)
+                    bb[i], rr[i] = b, r
+                    table[(b, r)] = self._price(bb, rr) - base
+            per_layer.append(table)
+            rr = list(lo_r)
+            rr[i] += 1
+            lora_per_rank.append(self._lora(lo_b, rr) - self._lora(lo_b, lo_r))
+        return base, per_layer, lora_per_rank
+
+    def _price(self, bits: list[int], ranks: list[int]) -> int:
+        plan = self.plan(self._fixed(bits, ranks))
+        return estimate(self.model_config, plan, self.batch, self.seq_len, self.gradient_checkpointing).total
+
+    def _lora(self, bits: list[int], ranks: list[int]) -> int:
+        plan = self.plan(self._fixed(bits, ranks))
+        return estimate(self.model_config, plan, 1, 1).components["lora_params"] // 4
+
+    def _fixed(self, bits: list[int], ranks: list[int]) -> dict[str, int]:
+        # Pricing needs every layer's values, searched or not.
+        out = {f"bits_{i}": b for i, b in enumerate(bits)}
+        return out | {f"rank_{i}": r for i, r in enumerate(ranks)}
+
+    def memory(self, choices: dict[str, int]) -> int:
+        """Predicted fine-tuning bytes (weights + LoRA + AdamW + step peak) of a plan."""
+        base, per_layer, _ = self._costs
+        pairs = zip(self.layer_bits(choices), self.layer_ranks(choices), strict=True)
+        return base + sum(per_layer[i][(b, r)] for i, (b, r) in enumerate(pairs))
+
+    def memory_exact(self, choices: dict[str, int]) -> int:
+        """The same price through the full memory model (slower; what :meth:`memory` must equal)."""
+        return estimate(
+            self.model_config, self.plan(choices), self.batch, self.seq_len, self.gradient_checkpointing
+        ).total
+
+    def lora_params(self, choices: dict[str, int]) -> int:
+        """Trainable LoRA parameters: RankAdaptor keeps this at most the uniform plan's."""
+        per_rank = self._costs[2]
+        return sum(c * r for c, r in zip(per_rank, self.layer_ranks(choices), strict=True))
+
+    def cheapest(self) -> dict[str, int]:
+        """The lowest-memory plan of the space: fewest bits, smallest ranks."""
+        return {k: min(v) for k, v in self.param_choices.items()}
+
+    def check_budget(self, budget: int) -> None:
+        """Refuse, before any training, a budget that even the cheapest plan exceeds."""
+        from qpruner.eval.size import format_bytes
+
+        low = self.memory(self.cheapest())
+        if low > budget:
+            raise InfeasibleBudget(
+                f"memory budget {format_bytes(budget)} is below the cheapest plan of this space "
+                f"({format_bytes(low)} at {min(self.bits) if self.searches_bits else self.fixed_bits} bits, "
+                f"rank {min(self.ranks) if self.searches_ranks else self.fixed_rank}); raise the budget "
+                "or allow fewer bits / smaller ranks"
+            )
+
+    # ---- features for performance models ------------------------------------------------------
+    def features(self, choices: dict[str, int]) -> np.ndarray:
+        """Per layer: bits, log2 rank and prune ratio; plus the plan's predicted memory in GiB."""
+        ratios = [lp.prune_ratio or 0.0 for lp in self.base.layers]
+        bits, ranks = self.layer_bits(choices), self.layer_ranks(choices)
+        per_layer = [v for b, r, p in zip(bits, ranks, ratios, strict=True) for v in (b, math.log2(r), p)]
+        return np.array([*per_layer, self.memory(choices) / 2**30], dtype=np.float64)
+
+    def describe(self) -> dict:
+        """What a study is bound to: resuming with another space is refused."""
+        return {
+            "search": self.search,
+            "bits": list(self.bits),
+            "ranks": list(self.ranks),
+            "fixed_bits": self.fixed_bits,
+            "fixed_rank": self.fixed_rank,
+            "dtype": self.base.dtype,
+            "layers": [lp.shape.to_dict() if lp.shape else None for lp in self.base.layers],
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+        }

@@ -1,0 +1,183 @@
+"""optuna studies in a storage URL: where a search lives, how it resumes, what it stores.
+
+``sqlite:///PATH`` (the default, ``OUT/study.db``: embedded, nothing to start) and any
+SQLAlchemy URL such as ``postgresql://user@host/db`` go to optuna's ``RDBStorage``;
+``journal:///PATH`` to its ``JournalStorage`` over a file (several processes, no server).
+The study carries its own identity (method, space, evaluator, budget) as a study attribute,
+so resuming it with other settings is refused before any training, and every trial's plan
+and measurements as trial attributes (:mod:`qpruner.search.records`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+from qpruner.errors import QPrunerError
+from qpruner.search.records import EVALUATED, FAILED, REJECTED, RUNNING, TrialRecord
+
+IDENTITY_ATTR = "qpruner"
+WORKER_ATTR = "worker"
+
+
+def default_storage(out_dir: str | Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'study.db'}"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, for logs and reports."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def make_storage(url: str, heartbeat: int | None = None, grace: int | None = None):
+    """An optuna storage for ``url``; one-line errors for what a user can get wrong."""
+    import optuna
+
+    if url.startswith("journal://"):
+        path = Path(url[len("journal://") :])
+        if not path.parent.is_dir():
+            raise QPrunerError(f"journal storage: directory {path.parent} does not exist")
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme or scheme.startswith(("http", "file")):
+        raise QPrunerError(
+            f"unsupported storage URL {mask_url(url)!r}: use sqlite:///PATH, journal:///PATH or "
+            "postgresql://USER@HOST/DB"
+        )
+    if scheme.startswith("sqlite"):
+        db = url.split(":///", 1)[-1]
+        if db and db != ":memory:" and not Path(db).parent.is_dir():
+            raise QPrunerError(f"sqlite storage: directory {Path(db).parent} does not exist")
+    kwargs = {}
+    if heartbeat is not None:
+        kwargs = {"heartbeat_interval": heartbeat, "grace_period": grace or 2 * heartbeat}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise QPrunerError(
+            f"storage {mask_url(url)}: database driver missing ({exc.name}); for PostgreSQL "
+            "pip install 'qpruner[postgres]'"
+        ) from exc
+    except Exception as exc:  # SQLAlchemy: bad dialect, unreachable server, refused login
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QPrunerError(f"cannot open storage {mask_url(url)}: {first}") from exc
+
+
+def open_study(storage, name: str, identity: dict, resume: bool, sampler=None):
+    """Create ``name`` or, with ``resume``, continue it if its identity matches."""
+    import optuna
+
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing and not resume:
+        raise QPrunerError(
+            f"study {name!r} already exists in this storage; pass --resume to continue it "
+            "or choose another --study-name"
+        )
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction="minimize",
+                                load_if_exists=True)  # fmt: skip
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    wanted = json.loads(json.dumps(identity, default=str))
+    if stored is None:
+        study.set_user_attr(IDENTITY_ATTR, wanted)
+    elif stored != wanted:
+        diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        raise QPrunerError(
+            f"study {name!r} was made with other settings ({', '.join(diff)} differ); "
+            "resume it with the same ones or use another --study-name"
+        )
+    return study
+
+
+def worker_id() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study) -> list[int]:
+    """Fail RUNNING trials of dead processes on this host and queue each for one retry.
+
+    What a ``kill -9`` leaves behind: the trial stays RUNNING in the storage. Without
+    heartbeats (SQLite, journal) only a worker on the same host can tell its owner is gone.
+    Trials of other hosts are left to the storage's heartbeat (``--heartbeat``).
+    """
+    import optuna
+
+    me = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        w = t.user_attrs.get(WORKER_ATTR) or {}
+        if w.get("host") == me and w.get("pid") != os.getpid() and not _alive(int(w.get("pid", -1))):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            failed.append(t.number)
+            requeue(study, t)
+    return failed
+
+
+def requeue(study, trial) -> None:
+    """Queue a failed trial's plan again, once (a retry of a retry is not made)."""
+    if trial.user_attrs.get("retry_of") is not None or not trial.params:
+        return
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("proposed_by", "predicted_error")}
+    study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number}, skip_if_exists=False)
+
+
+def record_of(trial) -> TrialRecord:
+    """A :class:`TrialRecord` from an optuna ``FrozenTrial``."""
+    import optuna
+
+    s = optuna.trial.TrialState
+    a = trial.user_attrs
+    if trial.state == s.COMPLETE:
+        status = a.get("status", EVALUATED)
+    elif trial.state == s.RUNNING:
+        status = RUNNING
+    elif trial.state == s.WAITING:
+        status = "waiting"
+    else:
+        status = FAILED
+    params = dict(trial.params) or {k: int(v) for k, v in (a.get("fixed_params") or {}).items()}
+    return TrialRecord(
+        number=trial.number,
+        status=status,
+        params={k: int(v) for k, v in params.items()},
+        error=a.get("error") if status == EVALUATED else None,
+        memory_predicted=a.get("memory_predicted"),
+        memory_measured=a.get("memory_measured"),
+        predicted_error=a.get("predicted_error"),
+        proposed_by=a.get("proposed_by"),
+        metrics=a.get("metrics") or {},
+        plan=a.get("plan"),
+        retry_of=a.get("retry_of"),
+    )
+
+
+def records(study) -> list[TrialRecord]:
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        r = record_of(t)
+        if t.state.name == "WAITING":
+            # An enqueued trial: its parameters are only in the system attributes so far.
+            r.params = {k: int(v) for k, v in (t.system_attrs.get("fixed_params") or {}).items()}
+        out.append(r)
+    return out
+
+
+def count(recs: list[TrialRecord], status: str = EVALUATED) -> int:
+    return sum(r.status == status for r in recs)
+
+
+__all__ = ["EVALUATED", "FAILED", "REJECTED", "RUNNING", "open_study", "make_storage", "records"]

@@ -1,0 +1,71 @@
+"""A search space priced from a config dict and a cheap synthetic evaluator (no model, no training)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from qpruner.architecture import LayerShape
+from qpruner.plan import FORMATS, Plan
+from qpruner.search.evaluator import Evaluation
+from qpruner.search.space import SearchSpace
+
+CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "intermediate_size": 688,
+    "vocab_size": 1000,
+    "tie_word_embeddings": False,
+    "head_dim": 32,
+}
+
+
+def make_space(search: str = "bits", layers: int = 6, **kw) -> SearchSpace:
+    shapes = [LayerShape(8, 4, 688 - 64 * (i % 2)) for i in range(layers)]  # pruned unevenly
+    base = Plan.uniform(layers, "nf4", 8, dtype="fp32", shapes=shapes)
+    for i, lp in enumerate(base.layers):
+        lp.prune_ratio = 0.05 * (i % 2)
+    return SearchSpace(
+        base, {**CONFIG, "num_hidden_layers": layers}, search=search, batch=1, seq_len=64, **kw
+    )
+
+
+def budget_between(space: SearchSpace, share: float) -> int:
+    """A budget ``share`` of the way from the cheapest to the dearest plan of the space."""
+    lo = space.memory(space.cheapest())
+    hi = space.memory({k: max(v) for k, v in space.param_choices.items()})
+    return int(lo + share * (hi - lo))
+
+
+class SyntheticEvaluator:
+    """error = Σ_i w_i·2^(−bits_i) + Σ_i v_i/rank_i: layer 0 matters most, deterministic.
+
+    ``hang_at`` makes the evaluation of that trial index (counted in this process) write
+    ``marker`` and sleep, for kill -9 tests.
+    """
+
+    metric = "synthetic"
+
+    def __init__(self, layers: int, hang_at: int | None = None, marker: str | None = None):
+        self.w = [4.0 / (1 + i) for i in range(layers)]
+        self.v = [0.5 / (1 + i) for i in range(layers)]
+        self.calls = 0
+        self.hang_at, self.marker = hang_at, marker
+        self.seen: list[tuple] = []
+
+    def describe(self) -> dict:
+        return {"name": "synthetic", "w": self.w, "v": self.v}
+
+    def __call__(self, plan: Plan) -> Evaluation:
+        if self.hang_at is not None and self.calls == self.hang_at:
+            Path(self.marker).write_text("started")
+            time.sleep(120)
+        self.calls += 1
+        bits = [FORMATS[lp.weight_format] for lp in plan.layers]
+        ranks = [lp.lora_rank for lp in plan.layers]
+        self.seen.append((tuple(bits), tuple(ranks)))
+        err = sum(w * 2.0 ** (-b) for w, b in zip(self.w, bits, strict=True))
+        err += sum(v / r for v, r in zip(self.v, ranks, strict=True))
+        return Evaluation(1.0 + err, None, {"synthetic": err})

@@ -1,0 +1,135 @@
+"""Searchers on a priced space with a cheap synthetic evaluator: budget, validity, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from search_helpers import SyntheticEvaluator, budget_between, make_space
+
+from qpruner.errors import QPrunerError
+from qpruner.plan import Plan
+from qpruner.search.pareto import hypervolume, pareto_front
+from qpruner.search.run import run_search
+from qpruner.search.searchers import METHODS, searcher_class
+from qpruner.search.searchers.qpruner import initial_bits
+from qpruner.search.space import InfeasibleBudget, parse_size
+
+LAYERS = 6
+FAST = {"automixq": {"n_initial": 3, "population": 16, "generations": 4},
+        "joint": {"n_initial": 3, "population": 16, "generations": 4},
+        "rankadaptor": {"n_initial": 3, "n_candidates": 300, "tolerance": 0.0},
+        "qpruner": {"importance": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0], "n_startup": 2}}  # fmt: skip
+SPACES = {"qpruner": "bits", "automixq": "bits", "rankadaptor": "ranks", "joint": "joint", "random": "joint"}
+
+
+def _search(tmp_path, method, trials=6, seed=0, name="s", share=0.4, resume=False, evaluator=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    space = make_space(SPACES[method], LAYERS)
+    budget = budget_between(space, share)
+    kwargs = dict(FAST.get(method, {}))
+    if method == "joint":
+        kwargs["importance"] = FAST["qpruner"]["importance"]
+    searcher = searcher_class(method)(space, budget, seed, **kwargs)
+    ev = evaluator or SyntheticEvaluator(LAYERS)
+    res = run_search(space, ev, searcher, trials, f"sqlite:///{tmp_path / 'study.db'}", name, tmp_path / name,
+                     resume=resume, progress=False, log=lambda *_: None)  # fmt: skip
+    return res, space, budget, ev
+
+
+def test_parse_size():
+    assert parse_size("6GiB") == 6 * 2**30
+    assert parse_size("512 MiB") == 512 * 2**20
+    assert parse_size("1.5GB") == 1_500_000_000
+    for bad in ("6 parsecs", "-1GiB", "GiB", "0"):
+        with pytest.raises(QPrunerError, match="memory size"):
+            parse_size(bad)
+
+
+def test_memory_table_equals_full_memory_model():
+    import numpy as np
+
+    space = make_space("joint", LAYERS)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c = space.sample(rng)
+        assert space.memory(c) == space.memory_exact(c)
+    # more bits and larger ranks cost more
+    lo, hi = space.cheapest(), {k: max(v) for k, v in space.param_choices.items()}
+    assert space.memory(lo) < space.memory(hi)
+
+
+def test_pareto_and_hypervolume():
+    pts = [(3.0, 1.0), (2.0, 2.0), (2.5, 3.0), (1.0, 4.0), (1.0, 5.0)]
+    assert pareto_front(pts) == [0, 1, 3]
+    # strips: (4-3)*(6-1) + (3-2)*(6-2) + (2-1)*(6-4) = 5 + 4 + 2
+    assert hypervolume(pts, (4.0, 6.0)) == pytest.approx(11.0)
+    assert hypervolume([], (4.0, 6.0)) == 0.0
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_searcher_respects_budget_and_makes_valid_plans(tmp_path, method):
+    res, space, budget, ev = _search(tmp_path, method)
+    recs = [r for r in res.summary.records if r.status == "evaluated"]
+    assert len(recs) == 6 or (method == "rankadaptor" and res.stopped_early)
+    for r in recs:  # nothing over budget was ever trained
+        assert r.memory_predicted <= budget
+        assert space.memory(r.params) == r.memory_predicted
+    assert len(ev.seen) == len(recs) and len(set(ev.seen)) == len(ev.seen)  # no plan trained twice
+    plan = Plan.load(tmp_path / "s" / "plan.json")
+    assert plan.validate(num_layers=LAYERS) is plan
+    assert plan.metadata["search"]["error"] == min(r.error for r in recs)
+    assert (tmp_path / "s" / "report.html").is_file()
+    saved = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert saved["chosen"] == plan.metadata["search"]["trial"]
+    if method == "rankadaptor":  # trainable parameters never above uniform LoRA at the base rank
+        uniform = space.lora_params(space.choices_from(None, [8] * LAYERS))
+        assert all(space.lora_params(r.params) <= uniform for r in recs)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_searcher_is_deterministic_under_a_seed(tmp_path, method):
+    a = _search(tmp_path / "a", method, trials=5)[0].summary.records
+    b = _search(tmp_path / "b", method, trials=5)[0].summary.records
+    assert [r.params for r in a] == [r.params for r in b]
+    assert [r.error for r in a] == [r.error for r in b]
+
+
+def test_qpruner_initial_allocation_favours_important_layers():
+    space = make_space("bits", 2)
+    low = space.memory(space.choices_from([4, 4]))
+    up = space.memory(space.choices_from([8, 4])) - low  # the price of raising one layer to 8 bits
+    budget = low + up + up // 2  # room to raise one layer, not both
+    a, b = initial_bits(space, [10.0, 1.0], budget), initial_bits(space, [1.0, 10.0], budget)
+    assert a == [8, 4] and b == [4, 8]
+    assert initial_bits(space, [10.0, 1.0], space.memory(space.choices_from([16, 16]))) == [16, 16]
+    with pytest.raises(InfeasibleBudget):
+        initial_bits(space, [10.0, 1.0], low - 1)
+
+
+def test_qpruner_first_trial_is_the_initial_allocation(tmp_path):
+    res, space, budget, _ = _search(tmp_path, "qpruner", trials=3)
+    first = min(res.summary.records, key=lambda r: r.number)
+    assert first.proposed_by == "initial allocation"
+    bits = space.layer_bits(first.params)
+    assert bits == sorted(bits, reverse=True)  # importance falls with depth → bits do too
+    assert res.summary.extra["importance"]["scores"] == FAST["qpruner"]["importance"]
+
+
+def test_infeasible_budget_is_refused_before_any_study(tmp_path):
+    space = make_space("bits", LAYERS)
+    low = space.memory(space.cheapest()) - 1
+    searcher = searcher_class("random")(space, low, 0)
+    with pytest.raises(InfeasibleBudget, match="below the cheapest plan"):
+        run_search(space, SyntheticEvaluator(LAYERS), searcher, 3, f"sqlite:///{tmp_path / 'x.db'}", "x",
+                   None, progress=False)  # fmt: skip
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_model_based_searchers_beat_random_on_a_known_function(tmp_path):
+    """Same evaluation budget: AutoMixQ's best is at least as good as random's (synthetic, seeded)."""
+    best = {}
+    for m in ("automixq", "random"):
+        res = _search(tmp_path / m, m, trials=12, share=0.3)[0]
+        best[m] = min(r.error for r in res.summary.records if r.status == "evaluated")
+    assert best["automixq"] <= best["random"]
