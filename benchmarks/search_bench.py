@@ -204,8 +204,8 @@ def main() -> None:
             }
         )
     table = [
-        "| method | space | best ppl within budget | hypervolume (large random) | evals to ≤1 % of large-random best "
-        "| evaluations | wall s |",
+        "| method | space | best ppl within budget | hypervolume (large random) "
+        "| evals to ≤1 % of large-random best | evaluations | wall s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
