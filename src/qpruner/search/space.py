@@ -228,10 +228,15 @@ class SearchSpace:
 
     # ---- features for performance models ------------------------------------------------------
     def features(self, choices: dict[str, int]) -> np.ndarray:
-        """Per layer: bits, log2 rank and prune ratio; plus the plan's predicted memory in GiB."""
+        """Per layer: 2^-bits, 1/rank and the prune ratio; plus predicted memory in GiB.
+
+        2^-bits is the scale of a layer's quantization error and 1/rank how little its adapter
+        can hold, so a plan's error is close to additive in these — an easier function for a
+        model fitted on a few dozen points than raw bit widths.
+        """
         ratios = [lp.prune_ratio or 0.0 for lp in self.base.layers]
         bits, ranks = self.layer_bits(choices), self.layer_ranks(choices)
-        per_layer = [v for b, r, p in zip(bits, ranks, ratios, strict=True) for v in (b, math.log2(r), p)]
+        per_layer = [v for b, r, p in zip(bits, ranks, ratios, strict=True) for v in (2.0**-b, 1.0 / r, p)]
         return np.array([*per_layer, self.memory(choices) / 2**30], dtype=np.float64)
 
     def describe(self) -> dict:

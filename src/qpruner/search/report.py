@@ -1,0 +1,287 @@
+"""The search report: one self-contained HTML page with its figures, rebuilt from the study alone.
+
+Figures (matplotlib, drawn on ``Figure`` objects with the Agg canvas so a user's pyplot state
+and backend are untouched): the Pareto front of error vs memory over every trial, the chosen
+plan's bits and LoRA rank per layer, search progress (best so far), and the performance
+model's predicted vs measured error. Each is also written as a PNG beside the HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qpruner.search.pareto import pareto_front
+from qpruner.search.records import EVALUATED, REJECTED, TrialRecord
+
+MIB = 2**20
+
+
+@dataclass
+class SearchSummary:
+    method: str
+    metric: str  # how the error reads: "perplexity", "1 - acc (task)"
+    budget: int | None  # bytes
+    records: list[TrialRecord]
+    chosen: int | None  # trial number of the chosen plan
+    study_name: str = ""
+    storage: str = ""  # password masked
+    extra: dict = field(default_factory=dict)  # importance, initial allocation, space, ...
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["records"] = [r.to_dict() for r in self.records]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchSummary:
+        d = dict(d)
+        d["records"] = [TrialRecord.from_dict(r) for r in d.get("records", [])]
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def evaluated(self) -> list[TrialRecord]:
+        return sorted(
+            (r for r in self.records if r.status == EVALUATED and r.error is not None), key=lambda r: r.number
+        )
+
+    def front(self) -> list[int]:
+        """Trial numbers on the measured Pareto front (error vs memory)."""
+        ev = [r for r in self.evaluated() if r.memory is not None]
+        return [ev[i].number for i in pareto_front([(r.error, float(r.memory)) for r in ev])]
+
+
+def _figure(width: float = 6.4, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def pareto_png(s: SearchSummary) -> bytes:
+    fig = _figure()
+    ax = fig.add_subplot()
+    ev = [r for r in s.evaluated() if r.memory is not None]
+    on = set(s.front())
+    ax.scatter(
+        [r.memory / MIB for r in ev], [r.error for r in ev], s=18, c="tab:blue", alpha=0.6, label="evaluated"
+    )
+    front = sorted((r for r in ev if r.number in on), key=lambda r: r.memory)
+    if front:
+        ax.plot(
+            [r.memory / MIB for r in front], [r.error for r in front], "o-", c="tab:red", label="Pareto front"
+        )
+    rej = [r for r in s.records if r.status == REJECTED and r.memory_predicted]
+    if rej and ev:
+        top = max(r.error for r in ev)
+        ax.scatter(
+            [r.memory_predicted / MIB for r in rej],
+            [top] * len(rej),
+            marker="x",
+            c="grey",
+            label="refused (over budget, predicted memory)",
+        )
+    best = next((r for r in ev if r.number == s.chosen), None)
+    if best is not None:
+        ax.scatter(
+            [best.memory / MIB],
+            [best.error],
+            marker="*",
+            s=220,
+            c="gold",
+            edgecolors="k",
+            zorder=5,
+            label=f"chosen (trial {best.number})",
+        )
+    if s.budget:
+        ax.axvline(s.budget / MIB, ls="--", c="k", lw=1, label="budget (predicted memory)")
+    ax.set_xlabel("fine-tuning memory, MiB (measured where measured)")
+    ax.set_ylabel(s.metric)
+    ax.set_title(f"{s.method}: every trial, the front highlighted")
+    if ev or rej:
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plan_png(plan_dict: dict) -> bytes:
+    from qpruner.plan import Plan
+
+    plan = Plan.from_dict(plan_dict)
+    layers = list(range(len(plan.layers)))
+    ratios = [lp.prune_ratio for lp in plan.layers]
+    panels = 3 if any(r for r in ratios if r) else 2
+    fig = _figure(6.4, 1.8 * panels + 0.6)
+    axes = fig.subplots(panels, 1, sharex=True)
+    axes[0].bar(layers, plan.bits_per_layer(), color="tab:purple")
+    axes[0].set_ylabel("bits")
+    axes[1].bar(layers, [lp.lora_rank for lp in plan.layers], color="tab:green")
+    axes[1].set_ylabel("LoRA rank")
+    if panels == 3:
+        axes[2].bar(layers, [100 * (r or 0) for r in ratios], color="tab:grey")
+        axes[2].set_ylabel("pruned %")
+    axes[-1].set_xlabel("decoder layer")
+    axes[0].set_title("chosen plan per layer")
+    return _png(fig)
+
+
+def progress_png(s: SearchSummary) -> bytes:
+    fig = _figure()
+    ax = fig.add_subplot()
+    ev = s.evaluated()
+    xs = list(range(1, len(ev) + 1))
+    best, run = [], float("inf")
+    for r in ev:
+        run = min(run, r.error)
+        best.append(run)
+    ax.scatter(xs, [r.error for r in ev], s=14, c="tab:blue", alpha=0.6, label="trial")
+    ax.step(xs, best, where="post", c="tab:red", label="best so far")
+    ax.set_xlabel("evaluated trial")
+    ax.set_ylabel(s.metric)
+    ax.set_title("search progress")
+    if ev:
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def model_png(s: SearchSummary) -> bytes | None:
+    """Predicted vs measured error of the performance model; None with fewer than 2 predictions."""
+    from qpruner.search.performance import rank_correlation
+
+    pts = [(r.predicted_error, r.error) for r in s.evaluated() if r.predicted_error is not None]
+    if len(pts) < 2:
+        return None
+    fig = _figure(4.8, 4.4)
+    ax = fig.add_subplot()
+    p, m = zip(*pts, strict=True)
+    ax.scatter(m, p, c="tab:orange")
+    lo, hi = min(*p, *m), max(*p, *m)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel(f"measured {s.metric}")
+    ax.set_ylabel(f"predicted {s.metric}")
+    ax.set_title(f"performance model: Spearman {rank_correlation(p, m):.2f} over {len(pts)} trials")
+    return _png(fig)
+
+
+def _mib(x: int | None) -> str:
+    return "" if x is None else f"{x / MIB:.2f}"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows]
+    return "\n".join(out) + "</table>"
+
+
+def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
+    """Write ``report.html`` (figures embedded) and the PNGs into ``out_dir``; return the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s, esc = summary, html.escape
+    ev = s.evaluated()
+    chosen = next((r for r in s.records if r.number == s.chosen), None)
+    figures: list[tuple[str, str, bytes | None]] = [
+        ("pareto.png", "Pareto front", pareto_png(s)),
+        ("progress.png", "Search progress", progress_png(s)),
+        ("performance_model.png", "Performance model", model_png(s)),
+    ]
+    if chosen is not None and chosen.plan:
+        figures.insert(1, ("plan.png", "Chosen plan per layer", plan_png(chosen.plan)))
+    count = {st: sum(r.status == st for r in s.records) for st in (EVALUATED, REJECTED, "failed")}
+    facts = [
+        ["method", s.method],
+        ["metric (lower is better)", s.metric],
+        ["memory budget MiB", _mib(s.budget)],
+        [
+            "trials evaluated / refused / failed",
+            f"{count[EVALUATED]} / {count[REJECTED]} / {count['failed']}",
+        ],
+        ["study", s.study_name],
+        ["storage", s.storage],
+    ]
+    if chosen is not None:
+        facts.append(
+            [
+                "chosen",
+                f"trial {chosen.number}: {s.metric} {_num(chosen.error)}, memory predicted "
+                f"{_mib(chosen.memory_predicted)} / measured {_mib(chosen.memory_measured)} MiB",
+            ]
+        )
+    parts = [f"<h1>qpruner search report: {esc(s.method)}</h1>", _table(["", ""], facts)]
+    if not ev:
+        parts.append("<p><b>No trial was evaluated yet.</b></p>")
+    for name, title, png in figures:
+        if png is None:
+            parts.append(
+                f"<h2>{esc(title)}</h2><p>Skipped: fewer than 2 trials carry a model prediction.</p>"
+            )
+            continue
+        (out / name).write_bytes(png)
+        data = base64.b64encode(png).decode()
+        parts.append(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">')
+    if chosen is not None and chosen.plan:
+        rows = [
+            [
+                i,
+                "" if lp.get("prune_ratio") is None else f"{100 * lp['prune_ratio']:.1f}%",
+                lp["weight_format"],
+                lp["lora_rank"],
+            ]
+            for i, lp in enumerate(chosen.plan["layers"])
+        ]
+        parts += ["<h2>Chosen plan</h2>", _table(["layer", "pruned", "format", "LoRA rank"], rows)]
+    on = set(s.front())
+    rows = [
+        [
+            r.number,
+            r.status,
+            "✓" if r.number in on else "",
+            r.proposed_by or "",
+            _num(r.error),
+            _num(r.predicted_error),
+            _mib(r.memory_predicted),
+            _mib(r.memory_measured),
+            "" if r.retry_of is None else r.retry_of,
+        ]
+        for r in sorted(s.records, key=lambda r: r.number)
+    ]
+    head = [
+        "trial",
+        "status",
+        "front",
+        "proposed by",
+        s.metric,
+        "predicted",
+        "memory pred MiB",
+        "memory meas MiB",
+        "retry of",
+    ]
+    parts += ["<h2>Every trial</h2>", _table(head, rows)]
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>qpruner search: {esc(s.method)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    path = out / "report.html"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

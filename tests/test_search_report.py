@@ -1,0 +1,75 @@
+"""The search report: figures really drawn, the front marked, the summary round-trips."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from qpruner.plan import Plan
+from qpruner.search.records import TrialRecord
+from qpruner.search.report import SearchSummary, write_report
+
+MIB = 2**20
+
+
+def _summary(n_pred: int = 4) -> SearchSummary:
+    plan = Plan.uniform(4, "nf4", rank=8, dtype="fp32")
+    plan.layers[0].weight_format, plan.layers[0].lora_rank = "int8", 16
+    plan.layers[1].prune_ratio = 0.25
+    # (error, memory MiB): trials 0, 2, 4 form the front; 5 is refused; 6 failed
+    pts = [(3.0, 10), (3.5, 12), (2.0, 14), (2.5, 16), (1.5, 20), None, None, (2.2, 18)]
+    recs = []
+    for i, p in enumerate(pts):
+        if i == 5:
+            recs.append(TrialRecord(i, "rejected", {"bits_0": 16}, memory_predicted=40 * MIB))
+        elif i == 6:
+            recs.append(TrialRecord(i, "failed", {"bits_0": 4}, retry_of=None))
+        else:
+            recs.append(
+                TrialRecord(
+                    i,
+                    "evaluated",
+                    {"bits_0": 4},
+                    error=p[0],
+                    memory_predicted=p[1] * MIB,
+                    memory_measured=p[1] * MIB,
+                    plan=plan.to_dict(),
+                    proposed_by="random",
+                    predicted_error=p[0] * 1.1 if i < n_pred else None,
+                )
+            )
+    return SearchSummary(
+        "automixq", "perplexity", 30 * MIB, recs, chosen=4, study_name="s", storage="sqlite:///x"
+    )
+
+
+def test_report_draws_every_figure_and_marks_the_front(tmp_path):
+    import matplotlib.image
+
+    s = _summary()
+    assert s.front() == [0, 2, 4]
+    page = write_report(s, tmp_path).read_text()
+    for name in ("pareto.png", "plan.png", "progress.png", "performance_model.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(tmp_path / name).shape[0] > 100
+    assert page.count("data:image/png;base64,") == 4
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\w+)</td><td>(✓?)</td>", page)
+    assert {int(n) for n, _, mark in rows if mark} == {0, 2, 4}
+    assert len(rows) == 8 and "trial 4: perplexity 1.5" in page
+    assert "int8" in page and "25.0%" in page  # the chosen plan's table
+
+
+def test_summary_round_trips_through_json():
+    s = _summary()
+    again = SearchSummary.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s
+
+
+def test_empty_search_and_missing_predictions(tmp_path):
+    empty = SearchSummary("random", "perplexity", None, [], None)
+    page = write_report(empty, tmp_path / "e").read_text()
+    assert "No trial was evaluated" in page
+    page = write_report(_summary(n_pred=1), tmp_path / "p").read_text()
+    assert "fewer than 2 trials carry a model prediction" in page
+    assert not (tmp_path / "p" / "performance_model.png").exists()
