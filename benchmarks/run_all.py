@@ -3,12 +3,14 @@
 Columns: test perplexity, the local zero-shot task (``wikitext_cloze``, acc and acc_norm),
 fine-tuning memory (predicted and measured), weight bytes, trainable parameters and wall
 time. Rows: dense, pruned without recovery, LoRA on the unquantized pruned model (the
-LLM-Pruner recipe), QLoRA NF4, LoftQ NF4; the searched plans (QPruner, AutoMixQ,
-RankAdaptor, joint) are listed as pending until the search stage lands, and will be run
-at the QLoRA NF4 memory as their budget so the comparison is at equal memory.
+LLM-Pruner recipe), QLoRA NF4, LoftQ NF4, and the searched plans — QPruner (bits),
+AutoMixQ (bits), RankAdaptor (ranks), joint (bits and ranks) — each searched with
+``--search-trials`` short trials under the QLoRA NF4 row's predicted memory as its budget
+(so the comparison is at equal memory), then recovered exactly like the uniform rows. The
+searches select on perplexity of the recovery text (``valid.txt``), never the test text.
 
-    python benchmarks/run_all.py            # 11 min on 2 CPU cores once the reference model is cached
-    python benchmarks/run_all.py --quick    # 4 min: 15 steps, 20k test tokens, 200 cloze items
+    python benchmarks/run_all.py            # ~35 min on 2 CPU cores once the reference model is cached
+    python benchmarks/run_all.py --quick    # <= 10 min: 15 steps, 4 search trials, 20k test tokens, 200 items
 
 Writes benchmarks/results.json and prints a Markdown table.
 """
@@ -30,9 +32,16 @@ from qpruner.eval.zeroshot import zero_shot
 from qpruner.lora.recover import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
 from qpruner.reference import TRAIN_FILE
+from qpruner.search import SearchConfig, search_model
 
 RESULTS = Path(__file__).parent / "results.json"
-PENDING = ("QPruner plan", "AutoMixQ plan", "RankAdaptor ranks", "joint")
+#: (row label, method, what it searches)
+SEARCHED = (
+    ("QPruner plan", "qpruner", "bits"),
+    ("AutoMixQ plan", "automixq", "bits"),
+    ("RankAdaptor ranks", "rankadaptor", "ranks"),
+    ("joint", "joint", "joint"),
+)
 TASK = "wikitext_cloze"
 
 
@@ -43,10 +52,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--max-eval-tokens", type=int, default=100_000)
     ap.add_argument("--task-limit", type=int, default=None, help="cloze items (default all 500)")
+    ap.add_argument("--search-trials", type=int, default=10, help="evaluated plans per search")
+    ap.add_argument("--search-steps", type=int, default=10, help="LoRA steps per search trial")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     if args.quick:
         args.steps, args.max_eval_tokens, args.task_limit = 15, 20_000, 200
+        args.search_trials, args.search_steps = 4, 3
 
     t_start = time.perf_counter()
     bench = reference_setup(args.max_eval_tokens)
@@ -76,6 +88,17 @@ def main() -> None:
         cutoff_len=128,
         save_every=args.steps,
     )
+    # Search trials: the recovery's batch shape (so memory is priced alike), fewer steps.
+    search_train = TrainConfig(
+        steps=args.search_steps,
+        batch_size=8,
+        micro_batch=8,
+        lr=1e-3,
+        warmup_steps=1,
+        cutoff_len=128,
+        save_every=10**9,
+        keep_checkpoints=1,
+    )
     work = Path(tempfile.mkdtemp(prefix="run_all."))
     for ratio in [float(r) for r in args.ratios.split(",")]:
         t0 = time.perf_counter()
@@ -102,9 +125,15 @@ def main() -> None:
             t0 = time.perf_counter()
             plan = uniform_plan(pruned_dir, bits, 8, dtype="fp32")
             res = finetune(
-                pruned_dir, corpus / TRAIN_FILE, work / f"{method}-{ratio}".replace(" ", "_"), plan,
-                train_cfg, loftq=loftq, export=False, progress=False,
-            )  # fmt: skip
+                pruned_dir,
+                corpus / TRAIN_FILE,
+                work / f"{method}-{ratio}".replace(" ", "_"),
+                plan,
+                train_cfg,
+                loftq=loftq,
+                export=False,
+                progress=False,
+            )
             recovered = load_model(res.out_dir)
             measured = res.measured.to_dict()
             rows.append(
@@ -123,7 +152,61 @@ def main() -> None:
             del recovered
             r = rows[-1]
             print(f"  {method}: ppl {r['ppl']:.2f}, acc {r['task_acc']:.3f}, {r['wall_seconds']:.0f}s")
-        rows += [dict(method=m, ratio=ratio, pending="search stage (issue 4) not landed") for m in PENDING]
+        budget = next(r for r in rows if r["method"] == "QLoRA NF4" and r["ratio"] == ratio)[
+            "memory_predicted"
+        ]
+        for label, method, space in SEARCHED:
+            t0 = time.perf_counter()
+            scfg = SearchConfig(
+                method=method,
+                memory_budget=budget,
+                space=space,
+                bits=(2, 3, 4, 8),
+                ranks=(2, 4, 8, 16),
+                trials=args.search_trials,
+                train=search_train,
+                dtype="fp32",
+                train_data=str(corpus / TRAIN_FILE),
+                eval_data=str(corpus / TRAIN_FILE),
+                calib_data=str(corpus / TRAIN_FILE),
+            )
+            found = search_model(
+                pruned_dir, scfg, work / f"search-{method}-{ratio}", progress=False, log=print
+            )
+            searched = time.perf_counter() - t0
+            res = finetune(
+                pruned_dir,
+                corpus / TRAIN_FILE,
+                work / f"{method}-{ratio}",
+                found.plan,
+                train_cfg,
+                export=False,
+                progress=False,
+            )
+            recovered = load_model(res.out_dir)
+            measured = res.measured.to_dict()
+            rows.append(
+                dict(
+                    method=label,
+                    ratio=ratio,
+                    **evaluate(recovered),
+                    weight_bytes=measured["packed_weights"] + measured["dense_weights"],
+                    trainable_params=res.trainable_params,
+                    memory_predicted=res.predicted.total,
+                    memory_measured=res.measured.total,
+                    budget=budget,
+                    bits=[round(b, 2) for b in res.plan.bits_per_layer()],
+                    ranks=[lp.lora_rank for lp in res.plan.layers],
+                    search_trials=sum(r.status == "evaluated" for r in found.summary.records),
+                    search_seconds=searched,
+                    step_seconds=res.train.step_seconds,
+                    wall_seconds=time.perf_counter() - t0,
+                )
+            )
+            del recovered
+            r = rows[-1]
+            seconds = r["wall_seconds"]
+            print(f"  {label}: ppl {r['ppl']:.2f}, bits {r['bits']}, ranks {r['ranks']}, {seconds:.0f}s")
 
     def mib(x) -> str:
         return "" if x is None else f"{x / 2**20:.2f}"
@@ -134,9 +217,6 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if "pending" in r:
-            table.append(f"| {r['ratio']:.1f} | {r['method']} | pending (search stage) | | | | | |")
-            continue
         mem = ""
         if "memory_predicted" in r:
             mem = f"{mib(r['memory_predicted'])} / {mib(r['memory_measured'])}"
