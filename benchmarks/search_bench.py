@@ -128,10 +128,10 @@ def main() -> None:
     importance = importance_source(pruned, cfg, "fp32", "cpu")()
     print("layer importance (MI):", [round(x, 4) for x in importance])
 
-    def search(label: str, method: str, space_name: str, trials: int) -> dict:
+    def search(label: str, method: str, space_name: str, trials: int, seed: int = 0) -> dict:
         space = build_space(pruned, SearchConfig(**{**cfg.__dict__, "space": space_name, "method": method}))
         kwargs = {"importance": importance} if method in ("qpruner", "joint") else {}
-        searcher = searcher_class(method)(space, budget, 0, **kwargs)
+        searcher = searcher_class(method)(space, budget, seed, **kwargs)
         t0, before = time.perf_counter(), evaluator.trained
         res = run_search(
             space,
@@ -169,7 +169,10 @@ def main() -> None:
             "stopped_early": res.stopped_early,
         }
 
-    large = {s: search(f"large random ({s})", "random", s, args.large) for s in ("bits", "ranks", "joint")}
+    # The reference search draws with its own seed, so the random baseline is not its prefix.
+    large = {
+        s: search(f"large random ({s})", "random", s, args.large, 1000) for s in ("bits", "ranks", "joint")
+    }
     runs = [search(label, m, s, args.trials) for label, m, s in RUNS]
     rows = []
     for run in runs:
@@ -183,11 +186,13 @@ def main() -> None:
         )
         ref = (worst * 1.001, float(budget))
         pts = [(t["error"], float(t["memory_predicted"])) for t in run["trials"]]
-        best_so_far, hit = float("inf"), None
+        best_so_far, hit, hit_fine = float("inf"), None, None
         for i, t in enumerate(run["trials"], 1):
             best_so_far = min(best_so_far, t["error"])
             if hit is None and best_so_far <= 1.01 * target:
                 hit = i
+            if hit_fine is None and best_so_far <= 1.001 * target:
+                hit_fine = i
         rows.append(
             {
                 "label": run["label"],
@@ -199,21 +204,25 @@ def main() -> None:
                 ),
                 "large_random_best": target,
                 "evals_to_1pct": hit,
+                "evals_to_0.1pct": hit_fine,
                 "evaluations": len(pts),
                 "seconds": run["seconds"],
             }
         )
     table = [
         "| method | space | best ppl within budget | hypervolume (large random) "
-        "| evals to ≤1 % of large-random best | evaluations | wall s |",
+        "| evals to ≤1 % / ≤0.1 % of large-random best | evaluations | wall s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        hit = r["evals_to_1pct"] if r["evals_to_1pct"] is not None else f"not in {r['evaluations']}"
+        hits = [
+            r[k] if r[k] is not None else f"not in {r['evaluations']}"
+            for k in ("evals_to_1pct", "evals_to_0.1pct")
+        ]
         table.append(
             f"| {r['label']} | {r['space']} | {r['best_ppl']:.3f} (random {args.large}: "
             f"{r['large_random_best']:.3f}) | {r['hypervolume']:.4g} ({r['large_random_hypervolume']:.4g}) "
-            f"| {hit} | {r['evaluations']} | {r['seconds']:.0f} |"
+            f"| {hits[0]} / {hits[1]} | {r['evaluations']} | {r['seconds']:.0f} |"
         )
     print("\n".join(table))
     write_results(
