@@ -36,7 +36,10 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
     p.add_argument("--trial-steps", type=int, default=20, help="fine-tune steps per trial")
     p.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.db); postgresql://...")
     p.add_argument("--study-name", help="study name (default: the method)")
-    p.add_argument("--heartbeat", type=int, help="RDB heartbeat seconds: fail trials of dead workers")
+    p.add_argument("--heartbeat", type=int, help="RDB storages: seconds between beats of a running trial")
+    p.add_argument(
+        "--heartbeat-grace", type=int, help="seconds without a beat before a trial is failed and retried"
+    )
     p.add_argument("--search-metric", default="ppl", help="ppl, or an lm-eval task (error = 1 - acc)")
     p.add_argument(
         "--layer-importance",
@@ -75,6 +78,7 @@ def search_config(args: argparse.Namespace, **fixed):
         storage=args.storage,
         study_name=args.study_name,
         heartbeat=args.heartbeat,
+        grace=args.heartbeat_grace,
         metric=args.search_metric,
         task_dir=getattr(args, "task_dir", None),
         train=train,

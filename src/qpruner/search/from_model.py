@@ -34,7 +34,8 @@ class SearchConfig:
     seed: int = 0
     storage: str | None = None  # default sqlite:///OUT/study.db
     study_name: str | None = None  # default: the method's name
-    heartbeat: int | None = None
+    heartbeat: int | None = None  # RDB storages: seconds between a running trial's beats
+    grace: int | None = None  # seconds without a beat before a trial is failed (default 2 x heartbeat)
     train_data: str | None = None
     eval_data: str | None = None
     calib_data: str | None = None
@@ -162,4 +163,5 @@ def search_model(
         cfg.heartbeat,
         progress,
         log,
+        grace=cfg.grace,
     )

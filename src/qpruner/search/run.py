@@ -14,6 +14,7 @@ measured memory), ``search.json`` (every trial) and ``report.html`` with its PNG
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,9 @@ class SearchResult:
 
 
 def _objective(space: SearchSpace, searcher: Searcher, evaluator: Evaluator, budget: int, model: str | None):
+    import optuna
+    from optuna.trial import TrialState
+
     def objective(trial) -> float:
         trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
         if "proposed_by" not in trial.user_attrs:
@@ -60,10 +64,15 @@ def _objective(space: SearchSpace, searcher: Searcher, evaluator: Evaluator, bud
             trials_so_far = trial.study.get_trials(deepcopy=False)
             errors = [r.error for r in evaluated([st.record_of(t) for t in trials_so_far])]
             if not errors:
-                import optuna
-
                 raise optuna.TrialPruned("over budget")
             return max(errors) * 1.25 if max(errors) > 0 else max(errors) + 1.0
+        key = space.key(choices)
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
+            same = other.number < trial.number and other.params and space.key(other.params) == key
+            if same and other.user_attrs.get("status") in (None, EVALUATED):
+                # Another worker runs or ran this plan (two proposed it at once): take another.
+                trial.set_user_attr("status", "duplicate")
+                raise optuna.TrialPruned(f"trial {other.number} has this plan")
         plan = space.plan(choices)
         plan.model = model
         ev = evaluator(plan)
@@ -100,8 +109,16 @@ def run_search(
     heartbeat: int | None = None,
     progress: bool = True,
     log=print,
+    grace: int | None = None,
+    db_retries: int = 5,
+    db_backoff: float = 2.0,
 ) -> SearchResult:
-    """Search until the study holds ``trials`` evaluated plans (or the searcher converges)."""
+    """Search until the study holds ``trials`` evaluated plans (or the searcher converges).
+
+    Any number of workers may run this on the same storage URL and study name: ``trials``
+    counts the whole study, proposals are registered in it before they are trained, and a
+    worker skips a plan another worker is already running or has done.
+    """
     import optuna
 
     if trials < 1:
@@ -117,18 +134,15 @@ def run_search(
         "seed": searcher.seed,
         "model": model,
     }
-    storage_obj = st.make_storage(storage, heartbeat)
+    storage_obj = st.make_storage(storage, heartbeat, grace)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    state = _LoopState()
     try:
         study = st.open_study(storage_obj, study_name, identity, resume, searcher.sampler())
-        recovered = st.fail_dead_trials(study)
-        if recovered:
-            log(f"trials {recovered} were left running by a dead worker: marked failed, queued once more")
         searcher.setup(study)
         objective = _objective(space, searcher, evaluator, budget, model)
-        recs = st.records(study)
-        done0 = st.count(recs)
+        done0 = st.count(st.records(study))
         bar = tqdm(
             total=trials,
             initial=min(done0, trials),
@@ -136,39 +150,20 @@ def run_search(
             unit="trial",
             disable=not progress,
         )
-        rejected_in_a_row, stopped_early = 0, False
         while True:
-            recs = st.records(study)
-            done = st.count(recs)
-            bar.n = min(done, trials)
-            best = best_record(recs, budget)
-            if best is not None:
-                bar.set_postfix(best=f"{best.error:.4g}", refused=st.count(recs, REJECTED))
-            bar.refresh()
-            if done >= trials:
+            outcome = _with_retries(
+                lambda: _step(study, searcher, objective, trials, budget, bar, state, log),
+                storage,
+                db_retries,
+                db_backoff,
+                log,
+            )
+            if outcome == "converged":
+                state.stopped_early = True
+            if outcome is not None:
                 break
-            if searcher.finished(recs):
-                stopped_early = True
-                log(f"{searcher.name}: converged after {done} evaluated plans")
-                break
-            if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
-                raise QPrunerError(
-                    f"{searcher.name}: {rejected_in_a_row} plans in a row were over budget; raise the budget"
-                )
-            if not any(r.status == "waiting" for r in recs):
-                proposal = searcher.propose(recs)
-                if proposal is not None:
-                    attrs = {"proposed_by": proposal.proposed_by}
-                    if proposal.predicted_error is not None:
-                        attrs["predicted_error"] = float(proposal.predicted_error)
-                    study.enqueue_trial(proposal.choices, user_attrs=attrs, skip_if_exists=False)
-            n_before = len(recs)
-            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
-            last = [t for t in study.get_trials(deepcopy=False) if t.number >= n_before]
-            rejected = any(t.user_attrs.get("status") == REJECTED for t in last)
-            rejected_in_a_row = rejected_in_a_row + 1 if rejected else 0
         bar.close()
-        recs = st.records(study)
+        recs = _with_retries(lambda: st.records(study), storage, db_retries, db_backoff, log)
     finally:
         optuna.logging.set_verbosity(verbosity)
     return finish(
@@ -179,10 +174,83 @@ def run_search(
         budget,
         storage,
         out_dir,
-        stopped_early,
+        state.stopped_early,
         st.count(recs) - done0,
-        recovered,
+        state.recovered,
     )
+
+
+@dataclass
+class _LoopState:
+    recovered: list[int] = field(default_factory=list)
+    rejected_in_a_row: int = 0
+    stopped_early: bool = False
+
+
+def _step(
+    study, searcher: Searcher, objective, trials: int, budget: int, bar, state: _LoopState, log
+) -> str | None:
+    """One iteration: recover dead workers' trials, stop if done, propose, run one trial."""
+    failed = st.fail_dead_trials(study)
+    if failed:
+        state.recovered += failed
+        log(f"trials {failed} were left running by a dead worker: marked failed, queued once more")
+    recs = st.records(study)
+    done = st.count(recs)
+    bar.n = min(done, trials)
+    best = best_record(recs, budget)
+    if best is not None:
+        bar.set_postfix(best=f"{best.error:.4g}", refused=st.count(recs, REJECTED))
+    bar.refresh()
+    if done >= trials:
+        return "done"
+    if searcher.finished(recs):
+        log(f"{searcher.name}: converged after {done} evaluated plans")
+        return "converged"
+    if state.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+        raise QPrunerError(
+            f"{searcher.name}: {state.rejected_in_a_row} plans in a row were over budget; raise the budget"
+        )
+    # A plan queued by any worker (or a retry) is run first; otherwise this worker proposes one,
+    # registering it in the study before its fine-tune starts.
+    if not any(r.status == "waiting" for r in recs):
+        proposal = searcher.propose(recs)
+        if proposal is not None:
+            attrs = {"proposed_by": proposal.proposed_by}
+            if proposal.predicted_error is not None:
+                attrs["predicted_error"] = float(proposal.predicted_error)
+            study.enqueue_trial(proposal.choices, user_attrs=attrs, skip_if_exists=False)
+    n_before = max((r.number for r in recs), default=-1)
+    study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number > n_before]
+    rejected = any(t.user_attrs.get("status") == REJECTED for t in mine)
+    state.rejected_in_a_row = state.rejected_in_a_row + 1 if rejected else 0
+    return None
+
+
+def _with_retries(fn, storage: str, retries: int, backoff: float, log):
+    """Run ``fn``; on a dropped database connection retry with exponential back-off, then give up.
+
+    Giving up is a one-line error: every finished trial is already stored (each is its own
+    transaction), a trial cut off mid-way is failed and requeued by the next worker (or by
+    this one on ``--resume``), so the study stays consistent.
+    """
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (sqlalchemy.exc.DBAPIError, StorageInternalError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if attempt == retries:
+                raise QPrunerError(
+                    f"lost the database at {st.mask_url(storage)} ({first}); gave up after {retries} "
+                    "retries. Finished trials are stored: rerun with --resume once it is back"
+                ) from exc
+            wait = backoff * 2**attempt
+            log(f"database connection failed ({first}); retry {attempt + 1}/{retries} in {wait:.1f}s")
+            time.sleep(wait)
 
 
 def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:

@@ -33,7 +33,12 @@ def mask_url(url: str) -> str:
 
 
 def make_storage(url: str, heartbeat: int | None = None, grace: int | None = None):
-    """An optuna storage for ``url``; one-line errors for what a user can get wrong."""
+    """An optuna storage for ``url``; one-line errors for what a user can get wrong.
+
+    ``heartbeat`` (seconds, RDB storages): each running trial's worker beats; a trial whose
+    beat is older than ``grace`` (default 2 × heartbeat) is failed by the next live worker
+    and queued once more (optuna's ``RetryFailedTrialCallback(max_retry=1)``).
+    """
     import optuna
 
     if url.startswith("journal://"):
@@ -55,12 +60,18 @@ def make_storage(url: str, heartbeat: int | None = None, grace: int | None = Non
             raise QPrunerError(f"sqlite storage: directory {Path(db).parent} does not exist")
     kwargs = {}
     if heartbeat is not None:
-        kwargs = {"heartbeat_interval": heartbeat, "grace_period": grace or 2 * heartbeat}
+        if heartbeat < 1 or (grace is not None and grace <= heartbeat):
+            raise QPrunerError(f"need heartbeat >= 1 s and grace > heartbeat, got {heartbeat} and {grace}")
+        kwargs = {
+            "heartbeat_interval": heartbeat,
+            "grace_period": grace or 2 * heartbeat,
+            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        }
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # optuna re-raises the dialect's missing module as ImportError
         raise QPrunerError(
-            f"storage {mask_url(url)}: database driver missing ({exc.name}); for PostgreSQL "
+            f"storage {mask_url(url)}: database driver missing ({exc.__cause__ or exc}); for PostgreSQL "
             "pip install 'qpruner[postgres]'"
         ) from exc
     except Exception as exc:  # SQLAlchemy: bad dialect, unreachable server, refused login
@@ -108,11 +119,13 @@ def _alive(pid: int) -> bool:
 
 
 def fail_dead_trials(study) -> list[int]:
-    """Fail RUNNING trials of dead processes on this host and queue each for one retry.
+    """Fail RUNNING trials whose worker is gone and queue each for one retry.
 
     What a ``kill -9`` leaves behind: the trial stays RUNNING in the storage. Without
-    heartbeats (SQLite, journal) only a worker on the same host can tell its owner is gone.
-    Trials of other hosts are left to the storage's heartbeat (``--heartbeat``).
+    heartbeats (SQLite, journal) only a worker on the same host can tell its owner is dead.
+    Called between trials, so a RUNNING trial of this very process is a leftover too (its
+    result could not be stored when the database connection dropped). Trials of other hosts
+    are left to the storage's heartbeat (``--heartbeat``).
     """
     import optuna
 
@@ -120,7 +133,8 @@ def fail_dead_trials(study) -> list[int]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         w = t.user_attrs.get(WORKER_ATTR) or {}
-        if w.get("host") == me and w.get("pid") != os.getpid() and not _alive(int(w.get("pid", -1))):
+        pid = int(w.get("pid", -1))
+        if w.get("host") == me and (pid == os.getpid() or not _alive(pid)):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             failed.append(t.number)
             requeue(study, t)
@@ -143,6 +157,8 @@ def record_of(trial) -> TrialRecord:
     a = trial.user_attrs
     if trial.state == s.COMPLETE:
         status = a.get("status", EVALUATED)
+    elif trial.state == s.PRUNED:
+        status = a.get("status", "pruned")  # refused before any evaluation, or a duplicate
     elif trial.state == s.RUNNING:
         status = RUNNING
     elif trial.state == s.WAITING:
@@ -161,7 +177,7 @@ def record_of(trial) -> TrialRecord:
         proposed_by=a.get("proposed_by"),
         metrics=a.get("metrics") or {},
         plan=a.get("plan"),
-        retry_of=a.get("retry_of"),
+        retry_of=a.get("retry_of", trial.system_attrs.get("failed_trial")),
     )
 
 
@@ -169,9 +185,10 @@ def records(study) -> list[TrialRecord]:
     out = []
     for t in study.get_trials(deepcopy=False):
         r = record_of(t)
-        if t.state.name == "WAITING":
+        fixed = t.system_attrs.get("fixed_params")
+        if t.state.name == "WAITING" and fixed:
             # An enqueued trial: its parameters are only in the system attributes so far.
-            r.params = {k: int(v) for k, v in (t.system_attrs.get("fixed_params") or {}).items()}
+            r.params = {k: int(v) for k, v in fixed.items()}
         out.append(r)
     return out
 
