@@ -7,6 +7,7 @@ import torch
 from conftest import VOCAB, make_model
 
 from qpruner.errors import QPrunerError
+from qpruner.search import importance
 from qpruner.search.importance import layer_importance, mutual_information
 
 
@@ -46,6 +47,20 @@ def test_only_the_contributing_layer_is_important():
     for method in ("mi", "taylor"):
         s = layer_importance(model, _samples(), method)
         assert s[2] > 0 and s[0] == s[1] == s[3] == 0.0, (method, s)
+
+
+def test_subsampled_tokens_stay_aligned_with_predictions(monkeypatch):
+    """Only MAX_TOKENS positions are kept (memory bound), the same ones for every layer and
+    for the predictions, whatever the micro-batching: shuffled pairs would score ~0.3."""
+    model = make_model("gqa", layers=4)
+    monkeypatch.setattr(importance, "MAX_TOKENS", 200)
+    seen = []
+    kmeans = importance._kmeans
+    monkeypatch.setattr(importance, "_kmeans", lambda x, *a: seen.append(x.shape[0]) or kmeans(x, *a))
+    s = layer_importance(model, _samples(), "mi", micro_batch=3)
+    assert seen == [200] * 4
+    assert s == layer_importance(model, _samples(), "mi", micro_batch=8)
+    assert s[3] > 0.8, s
 
 
 def test_mutual_information_estimator():

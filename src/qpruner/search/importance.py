@@ -86,30 +86,37 @@ def _mi_scores(
 ) -> list[float]:
     layers = decoder_layers(model)
     contributions: list[list[torch.Tensor]] = [[] for _ in layers]
+    gen = torch.Generator().manual_seed(seed)
+    n, seq_len = samples.shape
+    # Sample the token positions up front and keep only those in the hooks: memory is
+    # bounded by MAX_TOKENS x hidden per layer, never by the size of the calibration set.
+    keep = torch.randperm(n * seq_len, generator=gen)[:MAX_TOKENS].sort().values
+    device = model_device(model)
+    rows = torch.empty(0, dtype=torch.long)  # flat positions of the current micro-batch to keep
 
     def hook(i: int):
         def fn(module, args, kwargs, output):
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, tuple) else output
-            contributions[i].append((h_out - h_in).detach().float().reshape(-1, h_out.shape[-1]).cpu())
+            delta = (h_out - h_in).detach().reshape(-1, h_out.shape[-1])
+            contributions[i].append(delta[rows.to(delta.device)].float().cpu())
 
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     preds = []
-    device = model_device(model)
     try:
         with torch.no_grad():
-            for mb in _batches(samples, micro_batch, "importance (mi)", progress):
+            for b, mb in enumerate(_batches(samples, micro_batch, "importance (mi)", progress)):
+                start = b * micro_batch * seq_len
+                in_batch = keep[(keep >= start) & (keep < start + mb.numel())]
+                rows = in_batch - start
                 logits = model(input_ids=mb.to(device), use_cache=False).logits
-                preds.append(logits.argmax(dim=-1).reshape(-1).cpu())
+                preds.append(logits.argmax(dim=-1).reshape(-1)[rows.to(logits.device)].cpu())
     finally:
         for h in handles:
             h.remove()
     y_tok = torch.cat(preds)
-    gen = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(y_tok.numel(), generator=gen)[:MAX_TOKENS]
-    y_tok = y_tok[keep]
     values, counts = torch.unique(y_tok, return_counts=True)
     top = values[counts.argsort(descending=True)[: n_classes - 1]]
     y = torch.full_like(y_tok, len(top))  # "other"
@@ -117,7 +124,7 @@ def _mi_scores(
         y[y_tok == tok] = c
     scores = []
     for chunks in contributions:
-        x = torch.cat(chunks)[keep]
+        x = torch.cat(chunks)
         proj = torch.randn(x.shape[1], min(PROJ_DIM, x.shape[1]), generator=gen) / math.sqrt(x.shape[1])
         scores.append(mutual_information(_kmeans(x @ proj, n_clusters, gen), y))
     return scores
