@@ -48,7 +48,10 @@ class SyntheticEvaluator:
 
     metric = "synthetic"
 
-    def __init__(self, layers: int, hang_at: int | None = None, marker: str | None = None):
+    def __init__(
+        self, layers: int, hang_at: int | None = None, marker: str | None = None, delay: float = 0.0
+    ):
+        self.delay = delay
         self.w = [4.0 / (1 + i) for i in range(layers)]
         self.v = [0.5 / (1 + i) for i in range(layers)]
         self.calls = 0
@@ -63,9 +66,62 @@ class SyntheticEvaluator:
             Path(self.marker).write_text("started")
             time.sleep(120)
         self.calls += 1
+        time.sleep(self.delay)
         bits = [FORMATS[lp.weight_format] for lp in plan.layers]
         ranks = [lp.lora_rank for lp in plan.layers]
         self.seen.append((tuple(bits), tuple(ranks)))
         err = sum(w * 2.0 ** (-b) for w, b in zip(self.w, bits, strict=True))
         err += sum(v / r for v, r in zip(self.v, ranks, strict=True))
         return Evaluation(1.0 + err, None, {"synthetic": err})
+
+
+def worker(
+    url: str,
+    trials: int,
+    method: str = "automixq",
+    hang_at: int | None = None,
+    marker: str | None = None,
+    delay: float = 0.0,
+    heartbeat: int | None = None,
+    grace: int | None = None,
+    layers: int = 4,
+    log: str | None = None,
+    db_retries: int = 5,
+    db_backoff: float = 2.0,
+) -> int:
+    """One search worker process (``python -c``): the same study, as every other worker runs it."""
+    import json
+    import sys
+
+    from qpruner.errors import QPrunerError
+    from qpruner.search.run import run_search
+    from qpruner.search.searchers import searcher_class
+
+    space = make_space("joint", layers)
+    opts = {"n_initial": 2, "population": 8, "generations": 2} if method in ("automixq", "joint") else {}
+    searcher = searcher_class(method)(space, budget_between(space, 0.5), 0, **opts)
+    ev = SyntheticEvaluator(layers, hang_at=hang_at, marker=marker, delay=delay)
+    try:
+        run_search(
+            space,
+            ev,
+            searcher,
+            trials,
+            url,
+            "s",
+            None,
+            resume=True,
+            progress=False,
+            heartbeat=heartbeat,
+            grace=grace,
+            log=lambda *_: None,
+            db_retries=db_retries,
+            db_backoff=db_backoff,
+        )
+    except QPrunerError as exc:
+        print(f"qpruner: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if log:
+            Path(log).write_text(json.dumps([list(map(list, k)) for k in ev.seen]))
+    return 0

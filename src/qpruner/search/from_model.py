@@ -122,6 +122,9 @@ def search_model(
     storage = cfg.storage or default_storage(out)
     if cfg.storage is None and (out / "study.db").exists() and not resume:
         raise QPrunerError(f"{out} already holds a search; pass --resume to continue it or use a new --out")
+    # A storage named with --storage is shared: every worker runs this same command and joins
+    # the study (its settings must match); the default one in --out needs --resume.
+    resume = resume or cfg.storage is not None
     out.mkdir(parents=True, exist_ok=True)
     budget = parse_size(cfg.memory_budget)
     space = build_space(model_src, cfg, device)

@@ -24,7 +24,7 @@ from qpruner.errors import QPrunerError
 from qpruner.plan import Plan
 from qpruner.search import study as st
 from qpruner.search.evaluator import Evaluator
-from qpruner.search.records import EVALUATED, REJECTED, TrialRecord, evaluated
+from qpruner.search.records import EVALUATED, REJECTED, RUNNING, TrialRecord, evaluated
 from qpruner.search.report import SearchSummary, write_report
 from qpruner.search.searchers.base import Searcher
 from qpruner.search.space import SearchSpace
@@ -33,6 +33,8 @@ SUMMARY_FILE = "search.json"
 PLAN_FILE = "plan.json"
 #: Plans refused in a row (over budget) before the search gives up on its sampler.
 MAX_REJECTED_IN_A_ROW = 500
+#: How often a worker with nothing to start looks at the study again.
+POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -45,12 +47,24 @@ class SearchResult:
     failed_recovered: list[int] = field(default_factory=list)
 
 
-def _objective(space: SearchSpace, searcher: Searcher, evaluator: Evaluator, budget: int, model: str | None):
+def _objective(
+    space: SearchSpace, searcher: Searcher, evaluator: Evaluator, budget: int, model: str | None, trials: int
+):
     import optuna
     from optuna.trial import TrialState
 
     def objective(trial) -> float:
         trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
+        earlier = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+        ahead = [
+            t for t in earlier if t.number < trial.number and t.user_attrs.get("status") in (None, EVALUATED)
+        ]
+        if len(ahead) >= trials:
+            # Trial numbers are handed out atomically by the storage: of workers that started at
+            # once, the later ones stand down, so the study ends with exactly ``trials``.
+            trial.set_user_attr("status", "surplus")
+            st.requeue_if_retry(trial.study, trial)
+            raise optuna.TrialPruned("the study already has enough trials running or done")
         if "proposed_by" not in trial.user_attrs:
             trial.set_user_attr("proposed_by", f"sampler ({type(trial.study.sampler).__name__})")
         choices = space.suggest(trial)
@@ -68,7 +82,11 @@ def _objective(space: SearchSpace, searcher: Searcher, evaluator: Evaluator, bud
             return max(errors) * 1.25 if max(errors) > 0 else max(errors) + 1.0
         key = space.key(choices)
         for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
-            same = other.number < trial.number and other.params and space.key(other.params) == key
+            same = (
+                other.number < trial.number
+                and space.complete(other.params)
+                and space.key(other.params) == key
+            )
             if same and other.user_attrs.get("status") in (None, EVALUATED):
                 # Another worker runs or ran this plan (two proposed it at once): take another.
                 trial.set_user_attr("status", "duplicate")
@@ -141,7 +159,7 @@ def run_search(
     try:
         study = st.open_study(storage_obj, study_name, identity, resume, searcher.sampler())
         searcher.setup(study)
-        objective = _objective(space, searcher, evaluator, budget, model)
+        objective = _objective(space, searcher, evaluator, budget, model, trials)
         done0 = st.count(st.records(study))
         bar = tqdm(
             total=trials,
@@ -204,6 +222,11 @@ def _step(
     bar.refresh()
     if done >= trials:
         return "done"
+    if done + st.count(recs, RUNNING) >= trials:
+        # Other workers are finishing the last trials: wait for them rather than overshoot N
+        # (a trial of theirs that fails is failed, requeued and picked up here).
+        time.sleep(POLL_SECONDS)
+        return None
     if searcher.finished(recs):
         log(f"{searcher.name}: converged after {done} evaluated plans")
         return "converged"
@@ -238,16 +261,29 @@ def _with_retries(fn, storage: str, retries: int, backoff: float, log):
     import sqlalchemy.exc
     from optuna.exceptions import StorageInternalError
 
+    def database_error(exc: BaseException | None) -> BaseException | None:
+        # optuna may raise its own error while handling a dropped connection (e.g. an
+        # UnboundLocalError in its trial bookkeeping): look down the chain for the cause.
+        seen = 0
+        while exc is not None and seen < 10:
+            if isinstance(exc, sqlalchemy.exc.DBAPIError | StorageInternalError):
+                return exc
+            exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        return None
+
     for attempt in range(retries + 1):
         try:
             return fn()
-        except (sqlalchemy.exc.DBAPIError, StorageInternalError) as exc:
+        except Exception as raised:
+            exc = database_error(raised)
+            if exc is None:
+                raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if attempt == retries:
                 raise QPrunerError(
                     f"lost the database at {st.mask_url(storage)} ({first}); gave up after {retries} "
                     "retries. Finished trials are stored: rerun with --resume once it is back"
-                ) from exc
+                ) from raised
             wait = backoff * 2**attempt
             log(f"database connection failed ({first}); retry {attempt + 1}/{retries} in {wait:.1f}s")
             time.sleep(wait)

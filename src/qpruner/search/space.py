@@ -135,6 +135,10 @@ class SearchSpace:
         """Hashable identity of a plan in this space (for de-duplication)."""
         return tuple(int(choices[k]) for k in self.param_choices)
 
+    def complete(self, choices: dict[str, int]) -> bool:
+        """All parameters present: a trial another worker is still suggesting has only some."""
+        return all(k in choices for k in self.param_choices)
+
     def sample(self, rng: np.random.Generator) -> dict[str, int]:
         return {k: int(v[rng.integers(len(v))]) for k, v in self.param_choices.items()}
 

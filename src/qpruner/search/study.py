@@ -104,18 +104,29 @@ def open_study(storage, name: str, identity: dict, resume: bool, sampler=None):
     return study
 
 
+def host_name() -> str:
+    """This machine's name in the study (``QPRUNER_WORKER_HOST`` overrides, e.g. for containers
+    that share a hostname)."""
+    return os.environ.get("QPRUNER_WORKER_HOST") or socket.gethostname()
+
+
 def worker_id() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    return {"host": host_name(), "pid": os.getpid()}
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no procfs (macOS): the signal check stands
+    return state not in ("Z", "X")
 
 
 def fail_dead_trials(study) -> list[int]:
@@ -129,7 +140,7 @@ def fail_dead_trials(study) -> list[int]:
     """
     import optuna
 
-    me = socket.gethostname()
+    me = host_name()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         w = t.user_attrs.get(WORKER_ATTR) or {}
@@ -147,6 +158,17 @@ def requeue(study, trial) -> None:
         return
     attrs = {k: v for k, v in trial.user_attrs.items() if k in ("proposed_by", "predicted_error")}
     study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number}, skip_if_exists=False)
+
+
+def requeue_if_retry(study, trial) -> None:
+    """A retry that stood down (see the objective's surplus check) is queued again, not lost."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)  # with system attrs
+    retry_of = trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
+    params = trial.params or trial.system_attrs.get("fixed_params")
+    if retry_of is None or not params:
+        return
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in ("proposed_by", "predicted_error")}
+    study.enqueue_trial(params, user_attrs={**attrs, "retry_of": retry_of}, skip_if_exists=False)
 
 
 def record_of(trial) -> TrialRecord:

@@ -62,7 +62,11 @@ class Searcher:
 
     def seen(self, records: list[TrialRecord]) -> set[tuple[int, ...]]:
         """Plans already evaluated, running or queued (never proposed twice)."""
-        return {self.space.key(r.params) for r in records if r.params and r.status != REJECTED}
+        return {
+            self.space.key(r.params)
+            for r in records
+            if self.space.complete(r.params) and r.status != REJECTED
+        }
 
     def random_feasible(
         self,
