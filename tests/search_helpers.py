@@ -67,6 +67,12 @@ class SyntheticEvaluator:
             time.sleep(120)
         self.calls += 1
         time.sleep(self.delay)
+        if self.work:  # CPU-bound stand-in for a fine-tune (the distributed benchmark)
+            import torch
+
+            a = torch.ones(256, 256)
+            for _ in range(self.work):
+                a = (a @ a) / 256
         bits = [FORMATS[lp.weight_format] for lp in plan.layers]
         ranks = [lp.lora_rank for lp in plan.layers]
         self.seen.append((tuple(bits), tuple(ranks)))
@@ -88,6 +94,9 @@ def worker(
     log: str | None = None,
     db_retries: int = 5,
     db_backoff: float = 2.0,
+    work: int = 0,
+    method_seed: int = 0,
+    study: str = "s",
 ) -> int:
     """One search worker process (``python -c``): the same study, as every other worker runs it."""
     import json
@@ -99,8 +108,8 @@ def worker(
 
     space = make_space("joint", layers)
     opts = {"n_initial": 2, "population": 8, "generations": 2} if method in ("automixq", "joint") else {}
-    searcher = searcher_class(method)(space, budget_between(space, 0.5), 0, **opts)
-    ev = SyntheticEvaluator(layers, hang_at=hang_at, marker=marker, delay=delay)
+    searcher = searcher_class(method)(space, budget_between(space, 0.5), method_seed, **opts)
+    ev = SyntheticEvaluator(layers, hang_at=hang_at, marker=marker, delay=delay, work=work)
     try:
         run_search(
             space,
@@ -108,7 +117,7 @@ def worker(
             searcher,
             trials,
             url,
-            "s",
+            study,
             None,
             resume=True,
             progress=False,
