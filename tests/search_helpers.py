@@ -49,9 +49,14 @@ class SyntheticEvaluator:
     metric = "synthetic"
 
     def __init__(
-        self, layers: int, hang_at: int | None = None, marker: str | None = None, delay: float = 0.0
+        self,
+        layers: int,
+        hang_at: int | None = None,
+        marker: str | None = None,
+        delay: float = 0.0,
+        work: int = 0,
     ):
-        self.delay = delay
+        self.delay, self.work = delay, work
         self.w = [4.0 / (1 + i) for i in range(layers)]
         self.v = [0.5 / (1 + i) for i in range(layers)]
         self.calls = 0
