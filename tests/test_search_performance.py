@@ -1,6 +1,8 @@
-"""The performance model fits a known function well enough to rank plans."""
+"""The performance model ranks plans of a known error function, reproducibly, with honest spread."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -9,56 +11,146 @@ from qpruner.errors import QPrunerError
 from qpruner.search.performance import PerformanceModel, PerformanceModelConfig, rank_correlation
 
 BITS = np.array([2, 3, 4, 8, 16])
-W = np.array([4.0 / (1 + i) for i in range(12)])
+LAYERS = 12
+W = np.array([4.0 / (1 + i) for i in range(LAYERS)])  # early layers matter most
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plans of 12 layers encoded as the search space does (2^-bits per layer); error falls with depth."""
+    """Random plans of per-layer bits, encoded as ``SearchSpace.features`` does (2^-bits per layer).
+
+    y = sum_i w_i 2^-bits_i + noise. (On raw bit widths as features the same 40 plans give
+    Spearman ~0.73 for mlp and ~0.81 for ridge, gbt unchanged: the encoding matters, which is why
+    the search space uses 2^-bits.)
+    """
     rng = np.random.default_rng(seed)
-    X = 2.0 ** -BITS[rng.integers(0, len(BITS), (n, 12))]
+    X = 2.0 ** -BITS[rng.integers(0, len(BITS), (n, LAYERS))]
     y = (W * X).sum(axis=1) + rng.normal(0, 1e-3, n)
     return X, y
 
 
 @pytest.mark.parametrize("kind", ["mlp", "gbt", "ridge"])
-def test_fits_a_known_function(kind):
+def test_ranks_held_out_plans_of_a_known_function(kind):
     X, y = _data(40, 0)
     Xt, yt = _data(500, 1)
     model = PerformanceModel(PerformanceModelConfig(kind=kind)).fit(X, y)
     rho = rank_correlation(model.predict(Xt), yt)
-    assert rho > 0.8, (kind, rho)
-    assert model.describe()["kind_used"] == kind and model.describe()["n_train"] == 40
+    assert rho > 0.8, (kind, rho)  # measured: mlp 1.00, gbt 0.96, ridge 0.99
+    info = model.describe()
+    assert (info["kind"], info["kind_used"], info["n_train"], info["n_models"]) == (kind, kind, 40, 5)
+    assert info["train_spearman"] > 0.8
 
 
-def test_deterministic_under_a_seed_and_seed_matters():
+@pytest.mark.parametrize("kind", ["mlp", "gbt"])
+def test_deterministic_under_a_seed_and_the_seed_matters(kind):
     X, y = _data(30, 0)
     Xt, _ = _data(50, 1)
-    a = PerformanceModel(PerformanceModelConfig(seed=3)).fit(X, y).predict(Xt)
-    b = PerformanceModel(PerformanceModelConfig(seed=3)).fit(X, y).predict(Xt)
-    c = PerformanceModel(PerformanceModelConfig(seed=4)).fit(X, y).predict(Xt)
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+    def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return PerformanceModel(PerformanceModelConfig(kind=kind, seed=seed)).fit(X, y).predict_with_spread(Xt)
+
+    (a, sa), (b, sb), (c, _) = run(3), run(3), run(4)
+    assert np.array_equal(a, b) and np.array_equal(sa, sb)
+    assert not np.allclose(a, c)
 
 
-def test_spread_grows_away_from_the_data():
+def test_targets_are_standardised_so_the_scale_of_the_metric_does_not_matter():
+    """Accuracies near 0.5 and perplexities near 260 give the same model up to the affine map."""
+    X, y = _data(30, 0)
+    Xt, _ = _data(50, 1)
+    small = PerformanceModel().fit(X, y)
+    large = PerformanceModel().fit(X, 260.0 + 100.0 * y)
+    (m1, s1), (m2, s2) = small.predict_with_spread(Xt), large.predict_with_spread(Xt)
+    # lbfgs stops on a tolerance, so rounding moves the fit a little: compare in units of y's spread.
+    unit = 100.0 * y.std()
+    assert np.abs(m2 - (260.0 + 100.0 * m1)).max() < 0.01 * unit
+    assert np.abs(s2 - 100.0 * s1).max() < 0.01 * unit
+
+
+def test_features_are_standardised_so_their_units_do_not_matter():
+    """2^-bits next to 1/rank next to memory in GiB: each column's unit is arbitrary."""
+    X, y = _data(30, 0)
+    Xt, _ = _data(50, 1)
+    units = 10.0 ** np.linspace(-3, 3, LAYERS)
+    plain = PerformanceModel().fit(X, y).predict(Xt)
+    scaled = PerformanceModel().fit(X * units, y).predict(Xt * units)
+    assert np.abs(scaled - plain).max() < 0.01 * y.std()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "ridge"])
+def test_spread_grows_away_from_the_data(kind):
+    # Not gbt: trees predict a constant beyond the data, so far away they are only as unsure as at
+    # the edge of it (larger than at the training points for 8 of 10 seeds, so not asserted).
     X, y = _data(40, 0)
-    model = PerformanceModel(PerformanceModelConfig(kind="mlp")).fit(X, y)
-    _, near = model.predict_with_spread(X)
-    _, far = model.predict_with_spread(np.full((1, 12), 4.0))
-    assert near.shape == (40,) and (near >= 0).all()
-    assert far[0] > near.mean()
+    model = PerformanceModel(PerformanceModelConfig(kind=kind)).fit(X, y)
+    mean, near = model.predict_with_spread(X)
+    assert mean.shape == near.shape == (40,) and (near >= 0).all()
+    _, far = model.predict_with_spread(np.full(LAYERS, 0.5))  # 1-bit everywhere; 1-D = one plan
+    assert far.shape == (1,) and far[0] > 5 * near.mean()  # measured ratio: mlp ~46, ridge ~16
 
 
-def test_few_points_and_bad_input():
-    X, y = _data(3, 0)
+def test_constant_columns_are_harmless():
+    """Layers whose choice never varies give constant feature columns (zero variance)."""
+    X, y = _data(40, 0)
+    Xt, yt = _data(200, 1)
+    X[:, -3:], Xt[:, -3:] = 2.0**-4, 2.0**-4
+    yt = yt - (W[-3:] * Xt[:, -3:]).sum(axis=1)  # the constant layers add nothing to the ranking
+    for kind in ("mlp", "gbt", "ridge"):
+        mean, spread = PerformanceModel(PerformanceModelConfig(kind=kind)).fit(X, y).predict_with_spread(Xt)
+        assert np.isfinite(mean).all() and np.isfinite(spread).all()
+        assert rank_correlation(mean, yt) > 0.8, kind
+
+
+def test_few_points_fall_back_to_ridge():
+    X, y = _data(6, 0)
     for n in (2, 3):
-        model = PerformanceModel().fit(X[:n], y[:n])
+        model = PerformanceModel(PerformanceModelConfig(kind="mlp")).fit(X[:n], y[:n])
         assert model.describe()["kind_used"] == "ridge"  # too few points for an MLP
-        assert np.isfinite(model.predict(X)).all()
+        mean, spread = model.predict_with_spread(X)
+        assert np.isfinite(mean).all() and np.isfinite(spread).all() and (spread >= 0).all()
+    # From 6 points the asked-for kind runs; below 8 every member sees all points, seeds differ.
+    model = PerformanceModel(PerformanceModelConfig(kind="mlp")).fit(X, y)
+    assert model.describe()["kind_used"] == "mlp"
+    assert model.predict_with_spread(_data(20, 1)[0])[1].max() > 0
+
+
+def test_bad_input_is_a_one_line_error():
+    X, y = _data(3, 0)
     with pytest.raises(QPrunerError, match="at least 2"):
         PerformanceModel().fit(X[:1], y[:1])
-    with pytest.raises(QPrunerError, match="features for"):
+    with pytest.raises(QPrunerError, match="for 2 targets"):
         PerformanceModel().fit(X, y[:2])
+    with pytest.raises(QPrunerError, match="shape"):
+        PerformanceModel().fit(X[0], y[:1])
+    with pytest.raises(QPrunerError, match="not all finite"):
+        PerformanceModel().fit(X, np.array([1.0, np.inf, 2.0]))
     with pytest.raises(QPrunerError, match="unknown performance model"):
         PerformanceModel(PerformanceModelConfig(kind="forest"))
-    assert rank_correlation([1, 1, 1], [1, 2, 3]) == 0.0
+    model = PerformanceModel()
+    assert not model.fitted
+    with pytest.raises(QPrunerError, match="before it was fitted"):
+        model.predict(X)
+    assert model.fit(X, y).fitted
+    with pytest.raises(QPrunerError, match="fitted on 12 features"):
+        model.predict(X[:, :5])
+
+
+def test_rank_correlation():
+    assert rank_correlation([1, 1, 1], [1, 2, 3]) == 0.0  # undefined for a constant input
+    assert rank_correlation([1, 2, 3], [5, 5, 5]) == 0.0
+    assert rank_correlation([1.0], [2.0]) == 0.0
     assert rank_correlation([1, 2, 3], [2, 4, 9]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # NaN pairs are left out, not propagated.
+    assert rank_correlation([1, np.nan, 3, 4], [1, 0, 3, 4]) == pytest.approx(1.0)
+    assert rank_correlation([np.nan, 1], [1, 2]) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gbt"])
+def test_fast_enough_to_score_many_candidates(kind):
+    rng = np.random.default_rng(0)
+    X, C = rng.random((60, 40)), rng.random((5000, 40))
+    y = 260.0 + 100.0 * X @ rng.random(40)
+    start = time.perf_counter()
+    pred = PerformanceModel(PerformanceModelConfig(kind=kind)).fit(X, y).predict(C)
+    assert pred.shape == (5000,)
+    assert time.perf_counter() - start < 2.0  # measured ~0.3 s (mlp) on 2 cores

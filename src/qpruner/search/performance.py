@@ -66,6 +66,14 @@ def _with_squares(x: np.ndarray) -> np.ndarray:
     return np.hstack([x, x**2])
 
 
+def _one_blas_thread():
+    """Single-threaded BLAS: these matrices are tiny, and OpenBLAS threads spinning on them cost
+    10-40x (a 60-point MLP fit took 0.3 s on one thread, 1-12 s on two busy cores)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 class PerformanceModel:
     """Bagged regressor ensemble: ``fit`` on evaluated plans, ``predict`` candidates' error."""
 
@@ -100,7 +108,7 @@ class PerformanceModel:
         if kind == "mlp":
             # lbfgs converges on a few dozen points where adam would need many epochs; alpha=0.1
             # weight decay keeps the fit near-additive (Spearman 0.95 -> 1.0 on the synthetic test).
-            steps = [StandardScaler()]
+            steps = []
             reg = MLPRegressor(
                 hidden_layer_sizes=self.config.hidden,
                 solver="lbfgs",
@@ -133,7 +141,7 @@ class PerformanceModel:
         kind = self.config.kind if n >= MIN_POINTS_NONLINEAR else "ridge"
         rng = np.random.default_rng(self.config.seed)
         members = []
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _one_blas_thread():
             # Small MLPs on a few dozen points often stop at max_iter; the fit is still useful.
             warnings.simplefilter("ignore", ConvergenceWarning)
             for m in range(self.config.n_models):
@@ -154,7 +162,8 @@ class PerformanceModel:
             raise QPrunerError(
                 f"performance model fitted on {self.n_features} features, asked about shape {X.shape}"
             )
-        preds = np.stack([m.predict(X) for m in self.members])
+        with _one_blas_thread():
+            preds = np.stack([m.predict(X) for m in self.members])
         return preds.mean(axis=0), preds.std(axis=0)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
