@@ -77,6 +77,22 @@ def main() -> None:
             eval_seconds=time.perf_counter() - t0,
         )
 
+    def recovered_row(res, method: str, ratio: float, t0: float, **extra) -> dict:
+        """A table row for a recovered model: its evaluation, weights, memory and time."""
+        measured = res.measured.to_dict()
+        return dict(
+            method=method,
+            ratio=ratio,
+            **evaluate(load_model(res.out_dir)),
+            weight_bytes=measured["packed_weights"] + measured["dense_weights"],
+            trainable_params=res.trainable_params,
+            memory_predicted=res.predicted.total,
+            memory_measured=res.measured.total,
+            step_seconds=res.train.step_seconds,
+            **extra,
+            wall_seconds=time.perf_counter() - t0,
+        )
+
     rows = [dict(method="dense", ratio=0.0, **evaluate(dense), weight_bytes=model_size(dense).weight_bytes)]
     print(f"dense: ppl {rows[0]['ppl']:.2f}, {TASK} acc {rows[0]['task_acc']:.3f}")
     train_cfg = TrainConfig(
@@ -134,22 +150,7 @@ def main() -> None:
                 export=False,
                 progress=False,
             )
-            recovered = load_model(res.out_dir)
-            measured = res.measured.to_dict()
-            rows.append(
-                dict(
-                    method=method,
-                    ratio=ratio,
-                    **evaluate(recovered),
-                    weight_bytes=measured["packed_weights"] + measured["dense_weights"],
-                    trainable_params=res.trainable_params,
-                    memory_predicted=res.predicted.total,
-                    memory_measured=res.measured.total,
-                    step_seconds=res.train.step_seconds,
-                    wall_seconds=time.perf_counter() - t0,
-                )
-            )
-            del recovered
+            rows.append(recovered_row(res, method, ratio, t0))
             r = rows[-1]
             print(f"  {method}: ppl {r['ppl']:.2f}, acc {r['task_acc']:.3f}, {r['wall_seconds']:.0f}s")
         budget = next(r for r in rows if r["method"] == "QLoRA NF4" and r["ratio"] == ratio)[
@@ -183,27 +184,19 @@ def main() -> None:
                 export=False,
                 progress=False,
             )
-            recovered = load_model(res.out_dir)
-            measured = res.measured.to_dict()
             rows.append(
-                dict(
-                    method=label,
-                    ratio=ratio,
-                    **evaluate(recovered),
-                    weight_bytes=measured["packed_weights"] + measured["dense_weights"],
-                    trainable_params=res.trainable_params,
-                    memory_predicted=res.predicted.total,
-                    memory_measured=res.measured.total,
+                recovered_row(
+                    res,
+                    label,
+                    ratio,
+                    t0,
                     budget=budget,
                     bits=[round(b, 2) for b in res.plan.bits_per_layer()],
                     ranks=[lp.lora_rank for lp in res.plan.layers],
                     search_trials=sum(r.status == "evaluated" for r in found.summary.records),
                     search_seconds=searched,
-                    step_seconds=res.train.step_seconds,
-                    wall_seconds=time.perf_counter() - t0,
                 )
             )
-            del recovered
             r = rows[-1]
             seconds = r["wall_seconds"]
             print(f"  {label}: ppl {r['ppl']:.2f}, bits {r['bits']}, ranks {r['ranks']}, {seconds:.0f}s")

@@ -40,7 +40,7 @@ class Evaluator(Protocol):
         ...
 
 
-def _short_training() -> TrainConfig:
+def short_training() -> TrainConfig:
     # A trial is a short recovery: enough steps for the adapter to move, few enough to run
     # dozens of trials (the papers' own searches fine-tune briefly per candidate).
     return TrainConfig(
@@ -68,7 +68,7 @@ class FinetuneEvaluator:
     model_src: str
     train_data: str
     eval_data: str | None = None
-    train: TrainConfig = field(default_factory=_short_training)
+    train: TrainConfig = field(default_factory=short_training)
     metric_name: str = "ppl"
     task_dir: str | None = None
     task_limit: int | None = None

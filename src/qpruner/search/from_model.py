@@ -15,6 +15,7 @@ import torch
 
 from qpruner.errors import QPrunerError
 from qpruner.lora.train import TrainConfig
+from qpruner.search.evaluator import short_training
 from qpruner.search.run import SearchResult, run_search
 from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
 from qpruner.search.space import SearchSpace, parse_size
@@ -42,18 +43,7 @@ class SearchConfig:
     metric: str = "ppl"  # or an lm-eval task name (error = 1 - acc)
     task_dir: str | None = None
     task_limit: int | None = None
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=20,
-            batch_size=8,
-            micro_batch=4,
-            lr=1e-3,
-            warmup_steps=2,
-            cutoff_len=128,
-            save_every=10**9,
-            keep_checkpoints=1,
-        )
-    )
+    train: TrainConfig = field(default_factory=short_training)  # each trial's fine-tune
     eval_max_tokens: int | None = 20_000
     ctx_len: int | None = 128
     importance: str = "mi"  # mi | taylor | random

@@ -108,7 +108,7 @@ class PerformanceModel:
         if kind == "mlp":
             # lbfgs converges on a few dozen points where adam would need many epochs; alpha=0.1
             # weight decay keeps the fit near-additive (Spearman 0.95 -> 1.0 on the synthetic test).
-            steps = []
+            steps = [StandardScaler()]
             reg = MLPRegressor(
                 hidden_layer_sizes=self.config.hidden,
                 solver="lbfgs",
