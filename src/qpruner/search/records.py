@@ -7,6 +7,7 @@ rebuilt from the storage URL with no worker's files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 #: ``status`` values: trained and measured; refused before training (over budget); crashed.
@@ -41,4 +42,6 @@ class TrialRecord:
 
 
 def evaluated(records: list[TrialRecord]) -> list[TrialRecord]:
-    return [r for r in records if r.status == EVALUATED and r.error is not None]
+    """Trials with a usable error: a diverged fine-tune (inf/NaN perplexity) stays in the study
+    and the report's table, but is no point for a performance model or a front."""
+    return [r for r in records if r.status == EVALUATED and r.error is not None and math.isfinite(r.error)]
