@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qpruner.search.pareto import pareto_front
-from qpruner.search.records import EVALUATED, REJECTED, TrialRecord
+from qpruner.search.records import EVALUATED, REJECTED, TrialRecord, evaluated
 
 MIB = 2**20
 
@@ -43,9 +43,7 @@ class SearchSummary:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def evaluated(self) -> list[TrialRecord]:
-        return sorted(
-            (r for r in self.records if r.status == EVALUATED and r.error is not None), key=lambda r: r.number
-        )
+        return sorted(evaluated(self.records), key=lambda r: r.number)
 
     def front(self) -> list[int]:
         """Trial numbers on the measured Pareto front (error vs memory)."""
