@@ -133,6 +133,7 @@ def search_model(
             cfg.eval_max_tokens,
             cfg.ctx_len,
             device,
+            progress=progress,  # each trial's fine-tune shows its own bar under the study's
         )
     cls = searcher_class(cfg.method)
     kwargs = dict(cfg.options)
