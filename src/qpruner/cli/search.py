@@ -93,7 +93,10 @@ def add_search_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="output: plan.json, search.json, report.html, study.db")
     add_search_options(s)
     s.add_argument("--rank", type=int, default=8, help="base LoRA rank (fixed when ranks are not searched)")
-    s.add_argument("--bits", type=int, default=4, help="fixed bits when bits are not searched")
+    s.add_argument("--bits", dest="search_bits", type=_ints, default=(4, 8, 16), help="same as --search-bits")
+    s.add_argument(
+        "--fixed-bits", dest="bits", type=int, default=4, help="every layer's bits when bits are not searched"
+    )
     s.add_argument("--train-data", required=True, help="text or Alpaca JSON for each trial's fine-tune")
     s.add_argument("--eval-data", help="held-out text for the perplexity metric")
     s.add_argument("--calib-data", help="calibration text for layer importance (qpruner, joint)")
