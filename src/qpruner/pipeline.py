@@ -210,7 +210,8 @@ def _search_stage(
         scfg = replace(
             cfg.search,
             train_data=cfg.search.train_data or data["train"],
-            eval_data=cfg.search.eval_data or data["eval"],
+            # Plans are chosen on the training text, never the evaluation text the run reports on.
+            eval_data=cfg.search.eval_data or data["train"],
             calib_data=cfg.search.calib_data or data["calib"],
         )
         t0 = time.perf_counter()
