@@ -39,7 +39,14 @@ def _summary(n_pred: int = 4) -> SearchSummary:
                 )
             )
     return SearchSummary(
-        "automixq", "perplexity", 30 * MIB, recs, chosen=4, study_name="s", storage="sqlite:///x"
+        "automixq",
+        "perplexity",
+        30 * MIB,
+        recs,
+        chosen=4,
+        study_name="s",
+        storage="sqlite:///x",
+        extra={"importance": {"scores": [0.9, 0.1, 0.5, 0.25], "method": "mi"}, "seed": 3},
     )
 
 
@@ -58,6 +65,16 @@ def test_report_draws_every_figure_and_marks_the_front(tmp_path):
     assert {int(n) for n, _, mark in rows if mark} == {0, 2, 4}
     assert len(rows) == 8 and "trial 4: perplexity 1.5" in page
     assert "int8" in page and "25.0%" in page  # the chosen plan's table
+    assert "importance (mi)" in page and "<td>0.9</td>" in page
+
+
+def test_report_escapes_text_and_says_when_no_plan_was_chosen(tmp_path):
+    s = _summary()
+    s.metric, s.storage, s.chosen = "1 - acc <cloze>", "postgresql://u:***@h/db?a=1&b=2", None
+    page = write_report(s, tmp_path).read_text()
+    assert "1 - acc &lt;cloze&gt;" in page and "<cloze>" not in page
+    assert "a=1&amp;b=2" in page
+    assert "No plan was chosen" in page and page.count("data:image/png;base64,") == 3
 
 
 def test_summary_round_trips_through_json():
@@ -70,6 +87,10 @@ def test_empty_search_and_missing_predictions(tmp_path):
     empty = SearchSummary("random", "perplexity", None, [], None)
     page = write_report(empty, tmp_path / "e").read_text()
     assert "No trial was evaluated" in page
+    write_report(_summary(), tmp_path / "p")
+    assert (tmp_path / "p" / "performance_model.png").exists()
+    # Re-rendered into the same folder with one prediction: the stale figure goes with it.
     page = write_report(_summary(n_pred=1), tmp_path / "p").read_text()
     assert "fewer than 2 trials carry a model prediction" in page
     assert not (tmp_path / "p" / "performance_model.png").exists()
+    assert page.count("data:image/png;base64,") == 3

@@ -45,6 +45,20 @@ class SearchSummary:
     def evaluated(self) -> list[TrialRecord]:
         return sorted(evaluated(self.records), key=lambda r: r.number)
 
+    def importance(self) -> tuple[list[float], str] | None:
+        """Per-layer importance and how it was measured, if the search stored any.
+
+        The qpruner searcher stores ``{"scores": [...], "method": "mi"}``; a flat list beside
+        ``importance_method`` is read too. Shown next to the plan so a reader can check that
+        the important layers got the wider formats.
+        """
+        imp = self.extra.get("importance")
+        if isinstance(imp, dict):
+            return [float(x) for x in imp.get("scores", [])], str(imp.get("method", ""))
+        if isinstance(imp, list):
+            return [float(x) for x in imp], str(self.extra.get("importance_method", ""))
+        return None
+
     def front(self) -> list[int]:
         """Trial numbers on the measured Pareto front (error vs memory)."""
         ev = [r for r in self.evaluated() if r.memory is not None]
@@ -223,6 +237,10 @@ def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
     parts = [f"<h1>qpruner search report: {esc(s.method)}</h1>", _table(["", ""], facts)]
     if not ev:
         parts.append("<p><b>No trial was evaluated yet.</b></p>")
+    for stale in ("plan.png", "performance_model.png"):
+        # A re-render into the same folder must not leave a figure the page says it skipped.
+        if not any(name == stale and png is not None for name, _, png in figures):
+            (out / stale).unlink(missing_ok=True)
     for name, title, png in figures:
         if png is None:
             parts.append(
@@ -233,16 +251,24 @@ def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
         data = base64.b64encode(png).decode()
         parts.append(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">')
     if chosen is not None and chosen.plan:
+        layers = chosen.plan["layers"]
+        imp = s.importance()
+        show_imp = imp is not None and len(imp[0]) == len(layers)
         rows = [
             [
                 i,
                 "" if lp.get("prune_ratio") is None else f"{100 * lp['prune_ratio']:.1f}%",
                 lp["weight_format"],
                 lp["lora_rank"],
+                *([_num(imp[0][i])] if show_imp else []),
             ]
-            for i, lp in enumerate(chosen.plan["layers"])
+            for i, lp in enumerate(layers)
         ]
-        parts += ["<h2>Chosen plan</h2>", _table(["layer", "pruned", "format", "LoRA rank"], rows)]
+        head = ["layer", "pruned", "format", "LoRA rank"]
+        head += [f"importance ({imp[1]})" if imp[1] else "importance"] if show_imp else []
+        parts += ["<h2>Chosen plan</h2>", _table(head, rows)]
+    else:
+        parts.append("<h2>Chosen plan</h2><p>No plan was chosen (none evaluated within the budget).</p>")
     on = set(s.front())
     rows = [
         [
