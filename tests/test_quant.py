@@ -11,9 +11,18 @@ from torch import nn
 
 from qpruner.errors import QPrunerError
 from qpruner.memory import estimate, held_memory
-from qpruner.plan import PACKED_FORMATS, Plan, PlanError
+from qpruner.plan import (
+    BITS_TO_FORMAT,
+    DENSE_FORMATS,
+    PACKED_FORMATS,
+    Plan,
+    PlanError,
+    format_for_bits,
+    is_packed,
+)
+from qpruner.plan import FORMATS as ALL_FORMATS
 from qpruner.quant import dequantize_weight, held_tensors, packed_format, packed_weight_bytes, quantize_model
-from qpruner.quant.backends import quantize_linear
+from qpruner.quant.registry import BACKENDS, backend_for_format, backend_of, quantize_linear
 
 FORMATS = list(PACKED_FORMATS)
 
@@ -144,3 +153,39 @@ def test_bf16_plan_casts_the_model():
     assert held["packed_weights"] + held["dense_weights"] == (
         predicted.components["packed_weights"] + predicted.components["dense_weights"]
     )
+
+
+def test_registry_covers_every_packed_plan_format():
+    packed = [f for f in ALL_FORMATS if is_packed(f)]
+    assert packed == FORMATS and packed
+    owners = {f: backend_for_format(f) for f in packed}
+    assert set(owners.values()) == set(BACKENDS)
+    for fmt, backend in owners.items():
+        assert backend.formats[fmt] == ALL_FORMATS[fmt]
+    assert not set(DENSE_FORMATS) & set(owners)
+    for fmt in DENSE_FORMATS:
+        with pytest.raises(QPrunerError, match="not a packed format"):
+            backend_for_format(fmt)
+    assert {format_for_bits(b, "bf16") for b in BITS_TO_FORMAT} <= set(packed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_each_backend_round_trips_its_formats(backend):
+    lin = nn.Linear(64, 32, bias=True)
+    others = [b for b in BACKENDS if b is not backend]
+    for fmt in backend.formats:
+        q = backend.quantize(lin, fmt, torch.float32)
+        assert backend.owns(q) and backend.format_of(q) == fmt
+        assert backend_of(q) is backend and packed_format(q) == fmt
+        assert not any(b.owns(q) for b in others)
+        assert backend.dequantize(q).shape == (32, 64) and backend.dequantize(q).dtype == torch.float32
+    assert not backend.owns(lin) and backend_of(lin) is None and packed_format(lin) is None
+
+
+def test_owner_is_found_by_class_not_name():
+    q = quantize_linear(nn.Linear(64, 32), "nf4", torch.float32)
+    impostor = nn.Linear(64, 32)
+    impostor.__class__ = type("Linear4bit", (nn.Linear,), {})  # peft's wrappers reuse the names
+    assert backend_of(q) is not None and backend_of(impostor) is None
+    assert [id(t) for t in held_tensors(impostor)] == [id(impostor.weight), id(impostor.bias)]
+    assert torch.equal(dequantize_weight(impostor), impostor.weight)

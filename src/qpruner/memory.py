@@ -2,7 +2,7 @@
 
 The prediction prices a plan before any weight is loaded (searchers reject plans over budget
 with it). Its weight part is exact: packed sizes come from the backends' layouts
-(:mod:`qpruner.quant.packing`) and are tested against the real tensors. LoRA parameters,
+(:mod:`qpruner.quant.registry`) and are tested against the real tensors. LoRA parameters,
 gradients and AdamW states are exact counts. Activations are an estimate: the tensors
 autograd keeps per token of a LLaMA layer whose every linear carries LoRA, plus the logits;
 ``benchmarks/recover_bench.py`` reports how close it comes to the measured step peak.
@@ -30,8 +30,7 @@ from torch.utils._pytree import tree_flatten
 from qpruner.architecture import LayerShape, config_shape
 from qpruner.eval.size import format_bytes
 from qpruner.plan import DENSE_FORMATS, Plan, is_packed
-from qpruner.quant.backends import held_tensors, is_packed_module
-from qpruner.quant.packing import packed_weight_bytes
+from qpruner.quant.registry import held_tensors, is_packed_module, packed_weight_bytes
 
 COMPONENTS = ("packed_weights", "dense_weights", "lora_params", "optimizer_states", "step_peak")
 _LABELS = {

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qpruner.architecture import ATTN_PROJ, MLP_PROJ, LayerShape
 from qpruner.errors import QPrunerError
+from qpruner.quant.registry import BITS_TO_FORMAT, PACKED_FORMATS
 
 PLAN_VERSION = 1
 #: Linear modules of a decoder layer, as named inside the layer.
@@ -26,11 +27,10 @@ LAYER_MODULES: tuple[str, ...] = tuple(f"self_attn.{n}" for n in ATTN_PROJ) + tu
 )
 #: Unquantized formats: the dtype the frozen weight is held in.
 DENSE_FORMATS: dict[str, int] = {"fp32": 32, "bf16": 16, "fp16": 16}
-#: Packed formats and their bits per weight (before scales).
-PACKED_FORMATS: dict[str, int] = {"int8": 8, "nf4": 4, "fp4": 4, "hqq4": 4, "hqq3": 3, "hqq2": 2}
+# PACKED_FORMATS (packed format -> bits per weight) and BITS_TO_FORMAT (what ``--bits N``
+# picks) are declared by the quantization backends, one file each, and gathered by the registry.
+#: Every weight format and its bits per weight (before scales).
 FORMATS: dict[str, int] = {**DENSE_FORMATS, **PACKED_FORMATS}
-#: What ``--bits N`` means: the format a user gets when they ask for a bit width.
-BITS_TO_FORMAT: dict[int, str] = {8: "int8", 4: "nf4", 3: "hqq3", 2: "hqq2"}
 
 
 class PlanError(QPrunerError):

@@ -29,7 +29,7 @@ class ModelSize:
 def model_size(model: nn.Module) -> ModelSize:
     """Logical parameter count (a packed weight counts its ``out x in`` weights) and bytes held."""
     from qpruner.memory import held_memory  # memory prices plans with this module's formatter
-    from qpruner.quant.backends import held_tensors, is_packed_module
+    from qpruner.quant.registry import held_tensors, is_packed_module
 
     held = held_memory(model)
     nbytes = held["packed_weights"] + held["dense_weights"] + held["lora_params"]

@@ -29,7 +29,7 @@ from qpruner.checkpoint import load_model, replace_dir, save_pruned
 from qpruner.errors import CheckpointError
 from qpruner.plan import Plan
 from qpruner.quant.apply import plan_dtype, quantize_model
-from qpruner.quant.backends import dequantize_weight, is_packed_module
+from qpruner.quant.registry import dequantize_weight, is_packed_module
 
 RECOVERY_FILE = "recovery.json"
 ADAPTER_DIR = "adapter"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qpruner.quant.backends import dequantize_weight
+from qpruner.quant.registry import dequantize_weight
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from qpruner.architecture import model_device
 from qpruner.errors import CheckpointError, QPrunerError
 from qpruner.lora.data import BatchSchedule, Example
 from qpruner.memory import PeakMeter, TensorPeakMeter, held_memory
-from qpruner.quant.backends import held_tensors, is_packed_module
+from qpruner.quant.registry import held_tensors, is_packed_module
 
 
 @dataclass

@@ -18,7 +18,7 @@ from qpruner.architecture import check_supported, decoder_layers, layer_shapes
 from qpruner.device import resolve_dtype
 from qpruner.errors import QPrunerError
 from qpruner.plan import Plan, PlanError, is_packed
-from qpruner.quant.backends import is_packed_module, quantize_linear
+from qpruner.quant.registry import is_packed_module, quantize_linear
 
 
 def plan_dtype(plan: Plan) -> torch.dtype:
