@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
-from qpruner.checkpoint import load_model, load_tokenizer
-from qpruner.eval.perplexity import load_eval_tokens, perplexity
+from qpruner.checkpoint import load_tokenizer
+from qpruner.loader import load_model
+from qpruner.data_sources import load_tokens
+from qpruner.eval.perplexity import perplexity
 from qpruner.reference import TEST_FILE, ReferenceResult, build_reference
 
 
@@ -38,7 +40,7 @@ def reference_setup(max_eval_tokens: int | None) -> ReferenceSetup:
     tok = load_tokenizer(ref.path)
     dense = load_model(ref.path)
     ctx = dense.config.max_position_embeddings
-    test_ids = load_eval_tokens(corpus / TEST_FILE, tok)[:max_eval_tokens]
+    test_ids = load_tokens(corpus / TEST_FILE, tok)[:max_eval_tokens]
     return ReferenceSetup(ref, corpus, tok, dense, ctx, test_ids)
 
 

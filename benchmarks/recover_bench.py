@@ -24,9 +24,10 @@ import torch
 from bench_setup import reference_setup, write_results
 
 from qpruner import Plan, TrainConfig, apply_plan, finetune
-from qpruner.checkpoint import load_model, save_pruned
+from qpruner.checkpoint import save_pruned
+from qpruner.loader import load_model
 from qpruner.eval.size import model_size
-from qpruner.lora.recover import uniform_plan
+from qpruner.plan_sources import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
 from qpruner.reference import TRAIN_FILE
 
@@ -102,7 +103,7 @@ def main() -> None:
         del start
         t0 = time.perf_counter()
         res = finetune(
-            pruned_dir, corpus / TRAIN_FILE, work / name.replace(" ", "_"), plan, train_cfg,
+            pruned_dir, corpus / TRAIN_FILE, work / name.replace(" ", "_"), plan=plan, train_config=train_cfg,
             loftq=loftq, export=False, progress=False,
         )  # fmt: skip
         seconds = time.perf_counter() - t0

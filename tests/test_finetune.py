@@ -84,7 +84,7 @@ def test_batches_are_a_function_of_the_step(train_file):
 
 def test_finetune_artifacts_and_memory(pruned_dir, train_file, tmp_path):
     out = tmp_path / "rec"
-    res = finetune(pruned_dir, train_file, out, mixed(), small(), progress=False)
+    res = finetune(pruned_dir, train_file, out, plan=mixed(), train_config=small(), progress=False)
     assert res.train.losses[-1] < res.train.losses[0]
     for k in ("packed_weights", "dense_weights", "lora_params", "optimizer_states"):
         assert res.measured.components[k] == res.predicted.components[k], k
@@ -108,7 +108,9 @@ def test_finetune_artifacts_and_memory(pruned_dir, train_file, tmp_path):
 
 def test_resume_reproduces_an_uninterrupted_run(pruned_dir, train_file, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
-    finetune(pruned_dir, train_file, straight, mixed(), small(), export=False, progress=False)
+    finetune(
+        pruned_dir, train_file, straight, plan=mixed(), train_config=small(), export=False, progress=False
+    )
 
     crashed = tmp_path / "crashed"
     real_save = train_mod.save_checkpoint
@@ -121,13 +123,24 @@ def test_resume_reproduces_an_uninterrupted_run(pruned_dir, train_file, tmp_path
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        finetune(pruned_dir, train_file, crashed, mixed(), small(), export=False, progress=False)
+        finetune(
+            pruned_dir, train_file, crashed, plan=mixed(), train_config=small(), export=False, progress=False
+        )
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     assert not (crashed / "adapter").exists()
     with pytest.raises(QPrunerError, match="pass --resume"):
-        finetune(pruned_dir, train_file, crashed, mixed(), small(), export=False, progress=False)
+        finetune(
+            pruned_dir, train_file, crashed, plan=mixed(), train_config=small(), export=False, progress=False
+        )
     res = finetune(
-        pruned_dir, train_file, crashed, mixed(), small(), resume=True, export=False, progress=False
+        pruned_dir,
+        train_file,
+        crashed,
+        plan=mixed(),
+        train_config=small(),
+        resume=True,
+        export=False,
+        progress=False,
     )
     assert res.train.resumed_from == 2 and len(res.train.losses) == 2
     a = load_file(straight / "adapter" / "adapter_model.safetensors")
@@ -135,16 +148,30 @@ def test_resume_reproduces_an_uninterrupted_run(pruned_dir, train_file, tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # resuming with other settings is refused, not silently mixed
     with pytest.raises(CheckpointError, match="other settings"):
-        finetune(pruned_dir, train_file, crashed, mixed(), small(lr=1e-3), resume=True, progress=False)
+        finetune(
+            pruned_dir,
+            train_file,
+            crashed,
+            plan=mixed(),
+            train_config=small(lr=1e-3),
+            resume=True,
+            progress=False,
+        )
 
 
 def test_plan_that_does_not_fit_fails_before_loading(pruned_dir, train_file, tmp_path):
     with pytest.raises(QPrunerError, match="plan has 6 layers but the model has 4"):
-        finetune(pruned_dir, train_file, tmp_path / "x", Plan.uniform(6, "nf4", dtype="fp32"), small())
+        finetune(
+            pruned_dir,
+            train_file,
+            tmp_path / "x",
+            plan=Plan.uniform(6, "nf4", dtype="fp32"),
+            train_config=small(),
+        )
     plan = mixed()
     plan.layers[3].lora_rank = 0
     with pytest.raises(QPrunerError, match=r"layers\[3\]\.lora_rank"):
-        finetune(pruned_dir, train_file, tmp_path / "x", plan, small())
+        finetune(pruned_dir, train_file, tmp_path / "x", plan=plan, train_config=small())
     assert not (tmp_path / "x").exists()
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from conftest import VOCAB, make_model
 
+from qpruner.data_sources import load_text
 from qpruner.errors import QPrunerError
-from qpruner.eval.perplexity import _windows, load_eval_text, perplexity
+from qpruner.eval.perplexity import _windows, perplexity
 
 
 @pytest.mark.parametrize("n,ctx,stride", [(100, 16, 16), (100, 16, 5), (17, 16, 8), (16, 16, 16), (5, 16, 4)])
@@ -61,8 +62,8 @@ def test_eval_text_sources(tmp_path):
     import datasets
 
     (tmp_path / "a.txt").write_text("hello world")
-    assert load_eval_text(tmp_path / "a.txt") == "hello world"
+    assert load_text(tmp_path / "a.txt") == "hello world"
     datasets.Dataset.from_dict({"text": ["one", "two"]}).save_to_disk(str(tmp_path / "ds"))
-    assert load_eval_text(tmp_path / "ds") == "one\n\ntwo"
+    assert load_text(tmp_path / "ds") == "one\n\ntwo"
     with pytest.raises(QPrunerError, match="not found"):
-        load_eval_text(tmp_path / "missing.txt")
+        load_text(tmp_path / "missing.txt")

@@ -7,11 +7,13 @@ import shutil
 
 import pytest
 
-from qpruner.checkpoint import load_model
 from qpruner.cli import main
 from qpruner.errors import QPrunerError
+from qpruner.eval.evaluate import EvalConfig
+from qpruner.loader import load_model
 from qpruner.lora.train import TrainConfig
 from qpruner.pipeline import RunConfig, run_pipeline
+from qpruner.plan_sources import PlanSource
 from qpruner.prune.config import PruneConfig
 from qpruner.reference import ReferenceConfig
 
@@ -28,7 +30,7 @@ def tiny_run(**kw) -> RunConfig:
         train=TrainConfig(
             steps=2, batch_size=2, micro_batch=2, lr=1e-3, warmup_steps=1, cutoff_len=32, save_every=1
         ),
-        eval_max_tokens=400,
+        eval=EvalConfig(max_tokens=400),
         **kw,
     )
 
@@ -60,7 +62,7 @@ def test_fresh_machine_runs_every_stage_and_resumes(tmp_path, monkeypatch):
     assert (out / "recovered" / "recovery.json").stat().st_mtime_ns == stamp  # nothing redone
 
     with pytest.raises(QPrunerError, match="other settings"):
-        run_pipeline(tiny_run(bits=8), out, resume=True, progress=False)
+        run_pipeline(tiny_run(plan=PlanSource(bits=8)), out, resume=True, progress=False)
 
     # a crash during recovery: its record is gone, the pruned stage is kept, recovery resumes
     (out / "recovered" / "recovery.json").unlink()

@@ -10,7 +10,8 @@ import pytest
 
 from qpruner import calibration_samples, load_model, load_tokenizer, prune_model
 from qpruner.errors import QPrunerError
-from qpruner.eval.perplexity import load_eval_tokens, perplexity
+from qpruner.data_sources import load_tokens
+from qpruner.eval.perplexity import perplexity
 from qpruner.prune import PruneConfig
 from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference, resolve_corpus
 
@@ -29,7 +30,7 @@ def test_reference_beats_unigram_and_taylor_beats_random(corpus):
     ref = build_reference(progress=False)
     assert ref.test_ppl < 0.5 * ref.unigram_ppl
     dense, tok = load_model(ref.path), load_tokenizer(ref.path)
-    ids = load_eval_tokens(corpus / TEST_FILE, tok)[:20_000]
+    ids = load_tokens(corpus / TEST_FILE, tok)[:20_000]
     samples = calibration_samples(corpus / TRAIN_FILE, tok)
 
     def pruned_ppl(importance: str, seed: int = 0) -> float:

@@ -29,45 +29,49 @@ _quiet = _QuietBitsandbytes()
 for _name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
     logging.getLogger(_name).addFilter(_quiet)
 
-from qpruner.checkpoint import load_model, load_pruned, load_tokenizer, save_pruned  # noqa: E402
-from qpruner.errors import QPrunerError  # noqa: E402
-from qpruner.plan import LayerPlan, Plan  # noqa: E402
-from qpruner.prune import PruneConfig, PruneResult, calibration_samples, prune_model  # noqa: E402
-
-# Recovery pulls in peft and bitsandbytes (slow to import): loaded on first use.
-_LAZY = {
-    "apply_plan": ("qpruner.lora.apply", "apply_plan"),
-    "finetune": ("qpruner.lora.recover", "finetune"),
-    "TrainConfig": ("qpruner.lora.train", "TrainConfig"),
-    "estimate_memory": ("qpruner.memory", "estimate"),
+# The API a user needs for each stage. Importing qpruner stays cheap: every name loads its
+# module (and so torch, transformers, peft, optuna) on first use.
+_API = {
+    # models in and out
+    "load_model": "qpruner.loader",
+    "load_pruned": "qpruner.checkpoint",
+    "load_tokenizer": "qpruner.checkpoint",
+    "save_pruned": "qpruner.checkpoint",
+    # 1. prune
+    "PruneConfig": "qpruner.prune",
+    "PruneResult": "qpruner.prune",
+    "calibration_samples": "qpruner.prune",
+    "prune_model": "qpruner.prune",
+    # the plan, and where plans come from
+    "LayerPlan": "qpruner.plan",
+    "Plan": "qpruner.plan",
+    "PlanSource": "qpruner.plan_sources",
+    "uniform_plan": "qpruner.plan_sources",
+    "estimate_memory": "qpruner.memory",
+    # 2-3. quantize and recover
+    "apply_plan": "qpruner.lora.apply",
+    "finetune": "qpruner.lora.recover",
+    "TrainConfig": "qpruner.lora.train",
+    # 4. search
+    "SearchConfig": "qpruner.search.from_model",
+    "search_model": "qpruner.search.from_model",
+    # evaluation and the whole pipeline
+    "EvalConfig": "qpruner.eval.evaluate",
+    "evaluate_model": "qpruner.eval.evaluate",
+    "RunConfig": "qpruner.pipeline",
+    "run_pipeline": "qpruner.pipeline",
+    "QPrunerError": "qpruner.errors",
 }
+_RENAMED = {"estimate_memory": "estimate"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
+    if name in _API:
         import importlib
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(_API[name]), _RENAMED.get(name, name))
     raise AttributeError(f"module 'qpruner' has no attribute {name!r}")
 
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "LayerPlan",
-    "Plan",
-    "TrainConfig",
-    "apply_plan",
-    "estimate_memory",
-    "finetune",
-    "PruneConfig",
-    "PruneResult",
-    "QPrunerError",
-    "calibration_samples",
-    "load_model",
-    "load_pruned",
-    "load_tokenizer",
-    "prune_model",
-    "save_pruned",
-]
+__all__ = sorted(_API)

@@ -38,15 +38,20 @@ class LayerShape:
         return cls(int(d["num_attention_heads"]), int(d["num_key_value_heads"]), int(d["intermediate_size"]))
 
 
-def check_supported(model: nn.Module) -> None:
-    """Raise a one-line error unless ``model`` is a LLaMA-layout causal LM we can prune."""
-    config = getattr(model, "config", None)
+def check_model_type(config) -> None:
+    """Refuse a config of another architecture before anything reads LLaMA-only fields from it."""
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"unsupported architecture {model_type!r}: qpruner prunes LLaMA-layout decoders "
             f"({', '.join(SUPPORTED_MODEL_TYPES)})"
         )
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise a one-line error unless ``model`` is a LLaMA-layout causal LM we can prune."""
+    check_model_type(getattr(model, "config", None))
+    model_type = model.config.model_type
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None or len(layers) == 0:
         raise UnsupportedModelError(f"{model_type} model has no decoder layers at model.model.layers")

@@ -35,6 +35,7 @@ from qpruner.errors import CheckpointError, QPrunerError
 
 FORMAT_VERSION = 1
 CONFIG_KEY = "qpruner"
+RECOVERY_FILE = "recovery.json"  # a recovered directory: written by qpruner.lora.export
 
 
 def save_pruned(
@@ -225,10 +226,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_model(
+def load_base_model(
     source: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Load a recovered or pruned qpruner directory, a HF model directory, or a hub model id."""
+    """Load a pruned qpruner directory, a HF model directory, or a hub model id.
+
+    Recovered directories (base + adapter) are :func:`qpruner.loader.load_model`'s: they need
+    ``qpruner.lora``, which builds on this module.
+    """
     from transformers import AutoModelForCausalLM
 
     src = str(source)
@@ -236,10 +241,6 @@ def load_model(
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; expected a model directory")
-        if (path / "recovery.json").is_file():  # quantized base + LoRA adapter (qpruner finetune)
-            from qpruner.lora.export import load_recovered
-
-            return load_recovered(path, device=device)
         if CONFIG_KEY in _read_config(path):  # also a clear error for a directory without config.json
             return load_pruned(path, dtype=dtype, device=device)
     elif src.startswith((".", "/", "~")) or src.count("/") > 1:

@@ -37,3 +37,34 @@ def open_dataset(source: str | Path, default_split: str):
     if isinstance(ds, datasets.DatasetDict):
         ds = ds[default_split] if default_split in ds else next(iter(ds.values()))
     return ds
+
+
+def load_text(source: str | Path, text_field: str = "text") -> str:
+    """Text from a file, a ``datasets.save_to_disk`` directory, or ``hf:NAME[/CONFIG][@SPLIT]``.
+
+    Dataset rows are joined with blank lines, as LLM-Pruner does for WikiText/PTB.
+    """
+    src = str(source)
+    path = Path(src)
+    if is_dataset_source(src):
+        return _join_rows(open_dataset(src, "test"), text_field, src)
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise QPrunerError(f"{path} is not UTF-8 text: {exc}") from exc
+    raise QPrunerError(
+        f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:NAME/CONFIG@SPLIT)"
+    )
+
+
+def _join_rows(ds, text_field: str, src: str) -> str:
+    if text_field not in ds.column_names:
+        raise QPrunerError(f"dataset {src!r} has no column {text_field!r} (columns: {ds.column_names})")
+    return "\n\n".join(ds[text_field])
+
+
+def load_tokens(source: str | Path, tokenizer, text_field: str = "text"):
+    """Tokenise text in one piece (perplexity windows and training blocks are cut from the stream)."""
+    text = load_text(source, text_field)
+    return tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]  # a 1-D torch tensor

@@ -28,9 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from qpruner.architecture import LayerShape, config_shape
-from qpruner.eval.size import format_bytes
 from qpruner.plan import DENSE_FORMATS, Plan, is_packed
 from qpruner.quant.registry import held_tensors, is_packed_module, packed_weight_bytes
+from qpruner.units import format_bytes
 
 COMPONENTS = ("packed_weights", "dense_weights", "lora_params", "optimizer_states", "step_peak")
 _LABELS = {

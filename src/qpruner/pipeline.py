@@ -5,29 +5,28 @@ complete, and recovery resumes from its last checkpoint, so ``qpruner run --resu
 crash loses at most the steps since that checkpoint. With no model named, the pipeline
 uses the project's reference model (trained on first use and cached) and its corpus
 (WikiText-2 where ``../shared/data`` exists, else Python's own help texts), so it works on
-a fresh machine with no hub. With a search configuration (``--memory-budget``) the plan is
-searched between pruning and recovery (``search/``: the study, every trial, the report);
-otherwise it is uniform (``--bits``/``--rank``) or given (``--plan``).
+a fresh machine with no hub. The plan comes from a :class:`~qpruner.plan_sources.PlanSource`:
+uniform (``--bits``/``--rank``), a file (``--plan``), or searched between pruning and recovery
+(``--memory-budget``; ``search/``: the study, every trial, the report).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from qpruner.checkpoint import load_model, load_tokenizer
+from qpruner.checkpoint import RECOVERY_FILE, load_tokenizer
 from qpruner.errors import QPrunerError
-from qpruner.eval.perplexity import load_eval_tokens, perplexity
-from qpruner.eval.size import model_size
+from qpruner.eval.evaluate import EvalConfig, evaluate_model
+from qpruner.loader import load_model
 from qpruner.lora.train import TrainConfig
-from qpruner.plan import Plan
+from qpruner.plan_sources import PlanSource
 from qpruner.prune.config import PruneConfig
 from qpruner.reference import ReferenceConfig
-from qpruner.search.from_model import SearchConfig
 
 RUN_FILE = "run.json"
 
@@ -38,21 +37,12 @@ class RunConfig:
     reference: ReferenceConfig | None = None  # its configuration (None: the project's default)
     prune: PruneConfig = field(default_factory=PruneConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=16, micro_batch=4))
-    plan: str | None = None  # plan JSON; else uniform bits/rank
-    bits: int = 4
-    weight_format: str | None = None  # exact format; overrides bits
-    rank: int = 8
-    alpha: float | None = None  # default 2 x rank
+    plan: PlanSource = field(default_factory=PlanSource)  # uniform, a file, or searched
     loftq: bool = False
     calib_data: str | None = None  # default: the corpus' training text
     train_data: str | None = None  # default: the corpus' training text
     eval_data: str | None = None  # default: the corpus' test text
-    eval_max_tokens: int | None = 100_000
-    ctx_len: int | None = None
-    tasks: list[str] = field(default_factory=list)
-    task_dir: str | None = None
-    task_limit: int | None = None
-    search: SearchConfig | None = None  # None: no search stage
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_tokens=100_000))  # every stage
 
 
 @dataclass
@@ -89,34 +79,27 @@ def _resolve_inputs(cfg: RunConfig, progress: bool) -> tuple[str, str | None, di
 
 
 def _evaluate(model, tokenizer, cfg: RunConfig, eval_file: str, progress: bool) -> dict:
-    ids = load_eval_tokens(eval_file, tokenizer)
-    res = perplexity(model, ids, cfg.ctx_len, None, 8, cfg.eval_max_tokens, progress)
-    out = {"ppl": res.ppl, "ctx_len": res.ctx_len, "tokens": res.tokens, **asdict(model_size(model))}
-    out.pop("layers", None)
-    if cfg.tasks:
-        from qpruner.eval.zeroshot import zero_shot
-
-        scores = zero_shot(model, tokenizer, cfg.tasks, cfg.task_dir, cfg.task_limit, progress=progress)
-        out["zero_shot"] = {k: v.to_dict() for k, v in scores.items()}
-    return out
+    eval_cfg = replace(cfg.eval, ppl_sources=[eval_file], progress=progress)
+    return evaluate_model(model, tokenizer, eval_cfg).summary()
 
 
 def run_pipeline(
     cfg: RunConfig,
     out_dir: str | Path,
+    *,
     resume: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
     log=print,
 ) -> RunResult:
     """Run every stage into ``out_dir`` (``pruned/``, ``recovered/``, ``run.json``)."""
-    from qpruner.lora.recover import default_dtype, finetune, uniform_plan
+    from qpruner.lora.recover import finetune
     from qpruner.prune.workflow import prune_checkpoint
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not resume:
         raise QPrunerError(f"output {out} already exists; pass --resume to continue it")
-    cfg.prune.validate()
+    cfg.eval.tasks = cfg.eval.check()
     model_src, corpus, data = _resolve_inputs(cfg, progress)
     if corpus:
         log(f"model: reference model {model_src} (corpus: {corpus})")
@@ -158,29 +141,17 @@ def run_pipeline(
         del pruned
     log(f"pruned: {result.stages['prune']['params']:,} params, ppl {result.stages['prune']['ppl']:.2f}")
 
-    search_plan = None
-    if cfg.search is not None:
-        search_plan = _search_stage(cfg, out, data, device, progress, log, result.stages, record)
+    source = cfg.plan
+    if source.kind == "searched":
+        found = _search_stage(cfg, out, data, device=device, progress=progress, log=log,
+                              stages=result.stages, record=record)  # fmt: skip
+        source = replace(source, path=found)
 
     rec_dir = out / "recovered"
-    if "recover" not in result.stages or not (rec_dir / "recovery.json").is_file():
-        plan = (
-            Plan.load(search_plan)
-            if search_plan
-            else Plan.load(cfg.plan)
-            if cfg.plan
-            else uniform_plan(
-                pruned_dir,
-                cfg.bits,
-                cfg.rank,
-                cfg.alpha,
-                default_dtype(torch.device(device)),
-                cfg.weight_format,
-            )
-        )
+    if "recover" not in result.stages or not (rec_dir / RECOVERY_FILE).is_file():
         t0 = time.perf_counter()
-        rec = finetune(pruned_dir, data["train"], rec_dir, plan, cfg.train, loftq=cfg.loftq,
-                       resume=True, device=device, progress=progress)  # fmt: skip
+        rec = finetune(pruned_dir, data["train"], rec_dir, plan=source, train_config=cfg.train,
+                       loftq=cfg.loftq, resume=True, device=device, progress=progress)  # fmt: skip
         recovered = load_model(rec_dir, device=device)
         info = _evaluate(recovered, tokenizer, cfg, data["eval"], progress)
         info.update(
@@ -197,29 +168,28 @@ def run_pipeline(
 
 
 def _search_stage(
-    cfg: RunConfig, out: Path, data: dict, device, progress: bool, log, stages: dict, record
+    cfg: RunConfig, out: Path, data: dict, *, device, progress: bool, log, stages: dict, record
 ) -> str:
     """Search the plan for ``out/pruned`` into ``out/search``; resumes its study if interrupted."""
-    from dataclasses import replace
-
     from qpruner.search.from_model import search_model
     from qpruner.search.run import PLAN_FILE
 
     search_dir = out / "search"
     if "search" not in stages or not (search_dir / PLAN_FILE).is_file():
+        search = cfg.plan.search
         scfg = replace(
-            cfg.search,
-            train_data=cfg.search.train_data or data["train"],
+            search,
+            train_data=search.train_data or data["train"],
             # Plans are chosen on the training text, never the evaluation text the run reports on.
-            eval_data=cfg.search.eval_data or data["train"],
-            calib_data=cfg.search.calib_data or data["calib"],
+            eval_data=search.eval_data or data["train"],
+            calib_data=search.calib_data or data["calib"],
         )
         t0 = time.perf_counter()
         res = search_model(out / "pruned", scfg, search_dir, resume=True, device=str(device),
                            progress=progress, log=log)  # fmt: skip
         if res.plan is None:
             raise QPrunerError("the search evaluated no plan within the budget; nothing to recover")
-        chosen = next(r for r in res.summary.records if r.number == res.summary.chosen)
+        chosen = res.summary.chosen_trial
         info = {
             "method": res.summary.method,
             "trials": len(res.summary.records),

@@ -318,7 +318,8 @@ def build_reference(
     The entry is written into a temporary directory beside its final place and renamed in one
     step, so an interrupted build never leaves a half-written model that a later run would trust.
     """
-    from qpruner.eval.perplexity import load_eval_tokens, perplexity
+    from qpruner.data_sources import load_tokens
+    from qpruner.eval.perplexity import perplexity
 
     cfg = config or ReferenceConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -330,8 +331,8 @@ def build_reference(
     t0 = time.perf_counter()
     train_text = (corpus / TRAIN_FILE).read_text(encoding="utf-8")
     tokenizer = train_tokenizer(train_text, cfg.vocab_size, cfg.max_position_embeddings)
-    train_ids = load_eval_tokens(corpus / TRAIN_FILE, tokenizer)
-    test_ids = load_eval_tokens(corpus / TEST_FILE, tokenizer)
+    train_ids = load_tokens(corpus / TRAIN_FILE, tokenizer)
+    test_ids = load_tokens(corpus / TEST_FILE, tokenizer)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -342,7 +343,12 @@ def build_reference(
             model = _make_model(cfg, tokenizer).to(device=device, dtype=torch.float32)
         train_seconds, final_loss, tokens = _train(model, train_ids, cfg, progress)
         res = perplexity(
-            model, test_ids, cfg.seq_len, cfg.seq_len // 2, cfg.eval_batch_size, progress=progress
+            model,
+            test_ids,
+            ctx_len=cfg.seq_len,
+            stride=cfg.seq_len // 2,
+            batch_size=cfg.eval_batch_size,
+            progress=progress,
         )
     finally:
         torch.use_deterministic_algorithms(was_deterministic)

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_prune(args: argparse.Namespace) -> None:
     from qpruner.device import resolve_device, resolve_dtype
-    from qpruner.eval.size import format_bytes, format_shape_table
+    from qpruner.eval.size import format_shape_table
+    from qpruner.units import format_bytes
     from qpruner.prune.config import PruneConfig
     from qpruner.prune.workflow import prune_checkpoint
 
@@ -138,26 +139,30 @@ def _cmd_prune(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
+    from qpruner.checkpoint import load_tokenizer
     from qpruner.device import resolve_device, resolve_dtype
-    from qpruner.eval.report import evaluate
-    from qpruner.eval.size import format_bytes
+    from qpruner.eval.evaluate import EvalConfig, evaluate_model
+    from qpruner.loader import load_model
+    from qpruner.units import format_bytes
 
     device = resolve_device(args.device)
-    report = evaluate(
-        args.model,
-        args.ppl,
-        args.ctx_len,
-        args.stride,
-        args.batch_size,
-        args.max_tokens,
-        dtype=resolve_dtype(args.dtype, device),
-        device=device,
-        progress=not args.no_progress,
+    cfg = EvalConfig(
+        ppl_sources=args.ppl,
+        ctx_len=args.ctx_len,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
         tasks=args.tasks,
         task_dir=args.task_dir,
         limit=args.limit,
         num_fewshot=args.num_fewshot,
+        progress=not args.no_progress,
     )
+    cfg.tasks = cfg.check()
+    model = load_model(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    tokenizer = load_tokenizer(args.model) if (cfg.ppl_sources or cfg.tasks) else None
+    report = evaluate_model(model, tokenizer, cfg)
+    report.model = args.model
     print(f"model: {report.model}")
     print(
         f"params: {report.size.params:,}   weight bytes: {report.size.weight_bytes:,} "

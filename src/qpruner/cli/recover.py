@@ -102,25 +102,31 @@ def add_recover_parsers(sub) -> None:
     f.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _plan_from_args(args: argparse.Namespace, device):
-    from qpruner.lora.recover import default_dtype, uniform_plan
-    from qpruner.plan import Plan
+def _plan_source(args: argparse.Namespace, search=None):
+    """The plan the flags ask for: searched (``--memory-budget``), a file, or uniform."""
+    from qpruner.plan_sources import PlanSource
 
+    if search is not None:
+        return PlanSource(kind="searched", search=search)
     if args.plan:
-        return Plan.load(args.plan)
-    dtype = default_dtype(device) if args.dtype == "auto" else args.dtype
-    return uniform_plan(args.model, args.bits, args.rank, args.alpha, dtype, args.weight_format)
+        return PlanSource.from_file(args.plan)
+    dtype = getattr(args, "dtype", "auto")
+    return PlanSource(
+        bits=args.bits,
+        weight_format=args.weight_format,
+        rank=args.rank,
+        alpha=args.alpha,
+        dtype=None if dtype == "auto" else dtype,
+    )
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
-    from transformers import AutoConfig
-
     from qpruner.device import resolve_device
     from qpruner.memory import estimate, format_memory_table
+    from qpruner.plan_sources import model_config
 
-    plan = _plan_from_args(args, resolve_device("auto"))
-    config = AutoConfig.from_pretrained(args.model)
-    plan.validate(num_layers=config.num_hidden_layers)
+    plan = _plan_source(args).load(args.model, resolve_device("auto"))
+    config = model_config(args.model)
     predicted = estimate(config, plan, args.micro_batch, args.cutoff_len, args.gradient_checkpointing)
     plan.memory = {"predicted": predicted.to_dict(), "batch": args.micro_batch, "seq_len": args.cutoff_len}
     print(_plan_table(plan))
@@ -156,14 +162,13 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from qpruner.lora.recover import finetune
 
     device = resolve_device(args.device)
-    plan = _plan_from_args(args, device)
     config = _train_config(args, train_on_inputs=not args.train_on_outputs_only)
     res = finetune(
         args.model,
         args.data,
         args.out,
-        plan,
-        config,
+        plan=_plan_source(args),
+        train_config=config,
         loftq=args.loftq,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -185,6 +190,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from qpruner.cli.search import search_config
     from qpruner.device import resolve_device
+    from qpruner.eval.evaluate import EvalConfig
     from qpruner.pipeline import RunConfig, run_pipeline
     from qpruner.prune.config import PruneConfig
 
@@ -197,24 +203,23 @@ def _cmd_run(args: argparse.Namespace) -> None:
             layer_end=args.layer_end,
         ),
         train=_train_config(args, warmup_steps=max(1, args.steps // 10), save_every=max(1, args.steps // 4)),
-        plan=args.plan,
-        bits=args.bits,
-        weight_format=args.weight_format,
-        rank=args.rank,
-        alpha=args.alpha,
+        plan=_plan_source(args, search_config(args) if args.memory_budget else None),
         loftq=args.loftq,
         calib_data=args.calib_data,
         train_data=args.train_data,
         eval_data=args.eval_data,
-        eval_max_tokens=args.eval_max_tokens,
-        ctx_len=args.ctx_len,
-        tasks=args.tasks,
-        task_dir=args.task_dir,
-        task_limit=args.limit,
-        search=search_config(args) if args.memory_budget else None,
+        eval=EvalConfig(
+            max_tokens=args.eval_max_tokens,
+            ctx_len=args.ctx_len,
+            tasks=args.tasks,
+            task_dir=args.task_dir,
+            limit=args.limit,
+        ),
     )
-    res = run_pipeline(cfg, args.out, args.resume, resolve_device(args.device), not args.no_progress)
-    tasks = cfg.tasks
+    res = run_pipeline(
+        cfg, args.out, resume=args.resume, device=resolve_device(args.device), progress=not args.no_progress
+    )
+    tasks = cfg.eval.tasks
     head = f"{'stage':<10} {'params':>12} {'weight MiB':>10} {'ppl':>9}"
     rows = [head + "".join(f"  {t + ' acc/acc_norm %':>28}" for t in tasks)]
     for stage in ("dense", "prune", "recover"):

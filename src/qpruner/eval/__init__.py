@@ -1,6 +1,16 @@
-"""Evaluation: perplexity and model size reports."""
+"""Measuring a model: size and shapes, perplexity, lm-eval tasks, all through :func:`evaluate_model`."""
 
-from qpruner.eval.perplexity import PerplexityResult, load_eval_tokens, perplexity
+from qpruner.eval.evaluate import EvalConfig, ModelScores, evaluate_model
+from qpruner.eval.perplexity import PerplexityResult, perplexity
 from qpruner.eval.size import ModelSize, model_size, shape_table
 
-__all__ = ["PerplexityResult", "perplexity", "load_eval_tokens", "ModelSize", "model_size", "shape_table"]
+__all__ = [
+    "EvalConfig",
+    "ModelScores",
+    "ModelSize",
+    "PerplexityResult",
+    "evaluate_model",
+    "model_size",
+    "perplexity",
+    "shape_table",
+]

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qpruner.architecture import model_device
-from qpruner.data_sources import is_dataset_source, open_dataset
 from qpruner.errors import QPrunerError
 
 
@@ -59,6 +57,7 @@ def default_ctx_len(model: torch.nn.Module) -> int:
 def perplexity(
     model: torch.nn.Module,
     ids: torch.Tensor,
+    *,
     ctx_len: int | None = None,
     stride: int | None = None,
     batch_size: int = 4,
@@ -109,35 +108,3 @@ def perplexity(
         model.train(was_training)
     mean = total_nll / total_tokens
     return PerplexityResult(math.exp(mean), mean, total_tokens, ctx_len, stride, len(windows))
-
-
-def load_eval_text(source: str | Path, text_field: str = "text") -> str:
-    """Text from a file, a ``datasets.save_to_disk`` directory, or ``hf:NAME[/CONFIG][@SPLIT]``.
-
-    Dataset rows are joined with blank lines, as LLM-Pruner does for WikiText/PTB.
-    """
-    src = str(source)
-    path = Path(src)
-    if is_dataset_source(src):
-        return _join_rows(open_dataset(src, "test"), text_field, src)
-    if path.is_file():
-        try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise QPrunerError(f"{path} is not UTF-8 text: {exc}") from exc
-    raise QPrunerError(
-        f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:NAME/CONFIG@SPLIT)"
-    )
-
-
-def _join_rows(ds, text_field: str, src: str) -> str:
-    if text_field not in ds.column_names:
-        raise QPrunerError(f"dataset {src!r} has no column {text_field!r} (columns: {ds.column_names})")
-    return "\n\n".join(ds[text_field])
-
-
-def load_eval_tokens(source: str | Path, tokenizer, text_field: str = "text") -> torch.Tensor:
-    """Tokenise evaluation text in one piece (windows are cut from the token stream)."""
-    text = load_eval_text(source, text_field)
-    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
-    return ids

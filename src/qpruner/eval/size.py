@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from qpruner.architecture import LayerShape, config_shape, layer_shapes
+from qpruner.memory import held_memory
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,6 @@ class ModelSize:
 
 def model_size(model: nn.Module) -> ModelSize:
     """Logical parameter count (a packed weight counts its ``out x in`` weights) and bytes held."""
-    from qpruner.memory import held_memory  # memory prices plans with this module's formatter
     from qpruner.quant.registry import held_tensors, is_packed_module
 
     held = held_memory(model)
@@ -64,11 +64,3 @@ def shape_table(model: nn.Module) -> str:
     """The model's layer shapes against the original (uniform) shape its config describes."""
     base = config_shape(model.config)
     return format_shape_table([(s, base) for s in layer_shapes(model)])
-
-
-def format_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

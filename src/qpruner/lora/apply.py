@@ -14,14 +14,18 @@ from qpruner.plan import Plan
 from qpruner.quant.apply import check_plan_fits, quantize_model
 
 
-def apply_plan(model: nn.Module, plan: Plan, loftq: bool = False, progress: bool = False) -> PeftModel:
+def apply_plan(
+    model: nn.Module, plan: Plan, *, loftq: bool = False, progress: bool = False, validated: bool = False
+) -> PeftModel:
     """Quantize ``model`` in place per ``plan`` and wrap it in peft LoRA with the plan's ranks.
 
     With ``loftq`` every LoRA module over a packed weight starts at the rank-r SVD of that
     weight's quantization error (see :mod:`qpruner.lora.loftq`); modules over unquantized
-    weights start as usual (B = 0). Raises a one-line error if the plan does not fit the model.
+    weights start as usual (B = 0). Raises a one-line error if the plan does not fit the model,
+    unless the caller ``validated`` it where it entered (:mod:`qpruner.plan_sources`).
     """
-    check_plan_fits(model, plan)
+    if not validated:
+        check_plan_fits(model, plan)
     was_training = model.training
     config = lora_config(plan)
     check_pattern_keys(config, [n for n, _ in model.named_modules()])
@@ -34,7 +38,7 @@ def apply_plan(model: nn.Module, plan: Plan, loftq: bool = False, progress: bool
                 dense.weight.detach(), packed, ranks[name], alphas[name] / ranks[name]
             )
 
-    quantize_model(model, plan, progress=progress, on_replace=remember if loftq else None)
+    quantize_model(model, plan, progress=progress, on_replace=remember if loftq else None, validated=True)
     peft_model = get_peft_model(model, config)
     peft_model.train(was_training)  # peft's new dropout modules start in training mode
     check_lora_applied(peft_model, plan)

@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qpruner.checkpoint import load_model, replace_dir, save_pruned
+from qpruner.checkpoint import RECOVERY_FILE, load_base_model, replace_dir, save_pruned
 from qpruner.errors import CheckpointError
 from qpruner.plan import Plan
 from qpruner.quant.apply import plan_dtype, quantize_model
 from qpruner.quant.registry import dequantize_weight, is_packed_module
 
-RECOVERY_FILE = "recovery.json"
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 PLAN_FILE = "plan.json"
@@ -110,7 +109,7 @@ def load_recovered(path: str | Path, device: str | torch.device = "cpu") -> nn.M
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path / RECOVERY_FILE} is unreadable: {exc}") from exc
     plan = Plan.load(path / PLAN_FILE)
-    model = load_model(base, dtype=plan_dtype(plan), device=device)
+    model = load_base_model(base, dtype=plan_dtype(plan), device=device)
     quantize_model(model, plan)
     peft_model = PeftModel.from_pretrained(model, path / ADAPTER_DIR, is_trainable=False)
     peft_model.eval()

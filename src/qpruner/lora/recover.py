@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from qpruner.architecture import LayerShape, config_shape, layer_shapes
-from qpruner.checkpoint import load_model, load_tokenizer, stored_layer_shapes
+from qpruner.architecture import layer_shapes
+from qpruner.checkpoint import load_base_model, load_tokenizer
 from qpruner.errors import QPrunerError
 from qpruner.lora.apply import apply_plan
 from qpruner.lora.data import load_examples
@@ -22,7 +22,8 @@ from qpruner.lora.export import (
 )
 from qpruner.lora.train import TrainConfig, TrainResult, train
 from qpruner.memory import MemoryReport, estimate, format_memory_table, measured_report
-from qpruner.plan import Plan, format_for_bits
+from qpruner.plan import Plan
+from qpruner.plan_sources import PlanSource, check_stored_fit, record_pruning
 from qpruner.quant.apply import plan_dtype
 
 
@@ -37,49 +38,6 @@ class RecoveryResult:
 
     def memory_table(self) -> str:
         return format_memory_table(self.predicted, self.measured)
-
-
-def _layer_linear_params(shape: LayerShape, hidden: int, head_dim: int) -> int:
-    q, kv = shape.num_attention_heads * head_dim, shape.num_key_value_heads * head_dim
-    return hidden * (2 * q + 2 * kv) + 3 * hidden * shape.intermediate_size
-
-
-def record_pruning(plan: Plan, config, shapes: list[LayerShape]) -> Plan:
-    """Record each layer's shape and pruning ratio (share of its linear weights removed)."""
-    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    full = _layer_linear_params(config_shape(config), config.hidden_size, hd)
-    for lp, shape in zip(plan.layers, shapes, strict=True):
-        lp.shape = shape
-        lp.prune_ratio = round(1.0 - _layer_linear_params(shape, config.hidden_size, hd) / full, 6)
-    return plan
-
-
-def default_dtype(device: torch.device) -> str:
-    """bf16 on CUDA (QLoRA's compute dtype), fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
-    return "bf16" if torch.device(device).type == "cuda" else "fp32"
-
-
-def uniform_plan(
-    model_src: str | Path,
-    bits: int = 4,
-    rank: int = 8,
-    alpha: float | None = None,
-    dtype: str = "fp32",
-    weight_format: str | None = None,
-) -> Plan:
-    """One format and rank everywhere (QLoRA at 4 bits, LoRA at 16), from the stored config alone."""
-    from transformers import AutoConfig
-
-    shapes = stored_layer_shapes(model_src)
-    try:
-        config = AutoConfig.from_pretrained(str(model_src))
-    except (OSError, ValueError) as exc:
-        raise QPrunerError(f"cannot read the config of {model_src}: {str(exc).splitlines()[0]}") from exc
-    if shapes is None:
-        shapes = [config_shape(config)] * config.num_hidden_layers
-    fmt = weight_format or format_for_bits(bits, dtype)
-    plan = Plan.uniform(len(shapes), fmt, rank, alpha, dtype=dtype, model=str(model_src))
-    return record_pruning(plan, config, shapes)
 
 
 @dataclass
@@ -97,24 +55,29 @@ def train_plan(
     examples: list,
     cfg: TrainConfig,
     ckpt_dir: Path,
+    *,
     tokenizer,
     device: str | torch.device = "cpu",
     loftq: bool = False,
     resume: bool = False,
     identity: dict | None = None,
     progress: bool = True,
+    validated: bool = False,
 ) -> TrainedPlan:
     """Load, quantize per ``plan``, train LoRA, and price it: predicted and measured memory.
 
     Shared by :func:`finetune` (which then saves) and the search's evaluator (which only
     scores the model it returns), so a searched plan is measured exactly as it is recovered.
+    ``validated``: the caller checked the plan against ``model_src`` where it entered.
     """
-    model = load_model(model_src, dtype=plan_dtype(plan), device=device)
+    if not validated:
+        check_stored_fit(plan, model_src)
+    model = load_base_model(model_src, dtype=plan_dtype(plan), device=device)
     record_pruning(plan, model.config, layer_shapes(model))
     plan.model = plan.model or str(model_src)
     predicted = estimate(model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing)
     torch.manual_seed(cfg.seed)  # LoRA A's random init: the same run twice gives the same adapter
-    peft_model = apply_plan(model, plan, loftq=loftq, progress=progress)
+    peft_model = apply_plan(model, plan, loftq=loftq, progress=progress, validated=True)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     identity = identity if identity is not None else {"plan": plan.to_dict() | {"memory": {}, "metadata": {}}}
@@ -132,7 +95,8 @@ def finetune(
     model_src: str | Path,
     data: str | Path,
     out_dir: str | Path,
-    plan: Plan | None = None,
+    *,
+    plan: Plan | PlanSource | None = None,
     train_config: TrainConfig | None = None,
     loftq: bool = False,
     resume: bool = False,
@@ -143,7 +107,8 @@ def finetune(
 ) -> RecoveryResult:
     """Quantize ``model_src`` per ``plan`` (default NF4, rank 8), train LoRA on ``data``, save to ``out_dir``.
 
-    Cheap checks (paths, plan against the stored layer shapes, data) run before the model is
+    ``plan`` is a plan or where to get one (:class:`qpruner.plan_sources.PlanSource`). Cheap
+    checks (paths, the plan against the stored layer shapes, data) run before the model is
     loaded. Training checkpoints go to ``out_dir/checkpoints``; ``resume`` continues from the
     last one. Nothing finished is deleted: an existing ``out_dir`` needs ``resume`` or
     ``overwrite``.
@@ -156,10 +121,10 @@ def finetune(
         )
     if overwrite and not resume and (out / "checkpoints").is_dir():
         shutil.rmtree(out / "checkpoints")
-    if plan is None:
-        plan = uniform_plan(model_src, 4, 8, dtype=default_dtype(device))
-    shapes = stored_layer_shapes(model_src)
-    plan.validate(num_layers=len(shapes) if shapes else None, shapes=shapes)
+    if isinstance(plan, Plan):
+        check_stored_fit(plan, model_src)
+    else:
+        plan = (plan or PlanSource()).load(model_src, device)
     tokenizer = load_tokenizer(model_src)
     examples = load_examples(data, tokenizer, cfg.cutoff_len, cfg.train_on_inputs)
     identity = {
@@ -168,8 +133,9 @@ def finetune(
         "data": str(data),
         "loftq": loftq,
     }
-    trained = train_plan(model_src, plan, examples, cfg, out / "checkpoints", tokenizer, device,
-                         loftq=loftq, resume=resume, identity=identity, progress=progress)  # fmt: skip
+    trained = train_plan(model_src, plan, examples, cfg, out / "checkpoints", tokenizer=tokenizer,
+                         device=device, loftq=loftq, resume=resume, identity=identity,
+                         progress=progress, validated=True)  # fmt: skip
     peft_model, result, trainable = trained.model, trained.train, trained.trainable_params
     predicted, measured = trained.predicted, trained.measured
     plan.memory = {

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from qpruner.data_sources import load_text
 from qpruner.errors import QPrunerError
-from qpruner.eval.perplexity import load_eval_text
 
 # Characters per sample to tokenise before giving up on a prefix: avoids tokenising a
 # multi-GB corpus to draw ten windows. Generous: even byte-level tokenisers average >1.
@@ -18,7 +18,7 @@ def calibration_samples(
     source: str | Path, tokenizer, n_samples: int = 10, seq_len: int = 128, seed: int = 0
 ) -> torch.Tensor:
     """``[n_samples, seq_len]`` token windows at seeded random offsets of the text."""
-    text = load_eval_text(source)
+    text = load_text(source)
     budget = n_samples * seq_len * _CHARS_PER_TOKEN_BUDGET
     ids = tokenizer(text[:budget], return_tensors="pt", verbose=False).input_ids[0]
     if ids.numel() < seq_len + 1 and len(text) > budget:

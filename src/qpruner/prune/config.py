@@ -37,6 +37,11 @@ class PruneConfig:
     grad_chunk_layers: int | None = None  # layers per gradient pass; None: all (half for taylor2)
     micro_batch: int = 1
 
+    def __post_init__(self) -> None:
+        # Valid by construction: a config is checked once, where it is made, and every stage
+        # that receives one can trust it.
+        self.validate()
+
     def validate(self) -> None:
         for name in ("ratio", "attn_ratio", "mlp_ratio"):
             value = getattr(self, name)
@@ -115,7 +120,6 @@ def layer_ratios(cfg: PruneConfig, n_layers: int) -> list[tuple[float, float]]:
 
 def layer_targets(cfg: PruneConfig, shapes: list[LayerShape]) -> list[LayerTarget]:
     """The kept counts per layer; raises if a ratio would empty a layer's attention."""
-    cfg.validate()
     targets = []
     for i, ((ra, rm), s) in enumerate(zip(layer_ratios(cfg, len(shapes)), shapes, strict=True)):
         groups = s.num_attention_heads // s.num_key_value_heads

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from qpruner.checkpoint import load_model, load_tokenizer, replace_dir, save_pruned, stored_layer_shapes
+from qpruner.checkpoint import load_base_model, load_tokenizer, replace_dir, save_pruned, stored_layer_shapes
 from qpruner.errors import QPrunerError
 from qpruner.prune.calibration import calibration_samples
 from qpruner.prune.config import PruneConfig, layer_targets
@@ -38,7 +38,6 @@ def prune_checkpoint(
     loaded, and the result is written to a temporary sibling directory that is renamed into
     place, so a crash leaves either the old output or the new one, never half of one.
     """
-    config.validate()
     out = Path(out)
     prepare_out_dir(out, overwrite)
     if config.needs_gradients and calib_data is None:
@@ -46,7 +45,7 @@ def prune_checkpoint(
     shapes = stored_layer_shapes(model_src)
     if shapes is not None:
         layer_targets(config, shapes)  # a ratio that empties a layer fails here, before loading
-    model = load_model(model_src, dtype=dtype, device=device)
+    model = load_base_model(model_src, dtype=dtype, device=device)
     tokenizer = load_tokenizer(model_src)
     samples = None
     if config.needs_gradients:

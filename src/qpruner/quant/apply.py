@@ -42,15 +42,18 @@ def quantize_model(
     plan: Plan,
     progress: bool = False,
     on_replace: Callable[[str, nn.Linear, nn.Module], None] | None = None,
+    validated: bool = False,
 ) -> dict[str, str]:
     """Replace every linear module the plan packs; return ``{module name: format}`` of the replaced.
 
     The model is first cast to the plan's dtype (its unquantized weights and the packed
     kernels' compute dtype). Layers the plan keeps unquantized are left as they are.
     ``on_replace(name, dense, packed)`` sees each dense module before it is dropped (LoftQ
-    needs the unquantized weight next to its quantized form).
+    needs the unquantized weight next to its quantized form). ``validated``: the caller has
+    already checked the plan where it entered (a plan is validated once per path).
     """
-    check_plan_fits(model, plan)
+    if not validated:
+        check_plan_fits(model, plan)
     if any(is_packed_module(m) for m in model.modules()):
         raise QPrunerError("model is already quantized; apply a plan to an unquantized model")
     dtype = plan_dtype(plan)

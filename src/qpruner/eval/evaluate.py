@@ -1,0 +1,101 @@
+"""One way to score a model: size, perplexity on each text source, lm-eval accuracy on each task.
+
+``qpruner eval``, the pipeline's stages, the search's trials and the benchmarks all call
+:func:`evaluate_model`, so a number in any report was measured the same way as the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qpruner.data_sources import load_tokens
+from qpruner.eval.perplexity import PerplexityResult, perplexity
+from qpruner.eval.size import ModelSize, model_size, shape_table
+from qpruner.eval.zeroshot import TaskScore, check_tasks, zero_shot
+
+
+@dataclass
+class EvalConfig:
+    """What to measure and how. Perplexity windows are ``ctx_len`` tokens every ``stride``
+    (defaults: the model's context, at most 2048, non-overlapping); ``max_tokens`` scores only
+    the first N tokens of each source; ``limit`` scores a fixed sample of N items per task."""
+
+    ppl_sources: list[str] = field(default_factory=list)
+    ctx_len: int | None = None
+    stride: int | None = None
+    batch_size: int = 8
+    max_tokens: int | None = None
+    tasks: list[str] = field(default_factory=list)
+    task_dir: str | None = None
+    task_data: str | None = None
+    limit: int | None = None
+    num_fewshot: int = 0
+    progress: bool = True
+
+    def check(self) -> list[str]:
+        """Fail early: task names and data are checked before a large model is loaded."""
+        return check_tasks(list(self.tasks), self.task_dir) if self.tasks else []
+
+
+@dataclass
+class ModelScores:
+    size: ModelSize
+    shape_table: str
+    ppl: dict[str, PerplexityResult] = field(default_factory=dict)
+    zeroshot: dict[str, TaskScore] = field(default_factory=dict)  # acc and acc_norm per task
+    model: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "size": self.size.to_dict(),
+            "ppl": {k: asdict(v) for k, v in self.ppl.items()},
+            "zeroshot": {k: v.to_dict() for k, v in self.zeroshot.items()},
+        }
+
+    def summary(self) -> dict:
+        """Flat figures for run and benchmark tables: the first source's perplexity, size, tasks."""
+        out: dict = {"params": self.size.params, "weight_bytes": self.size.weight_bytes}
+        if self.ppl:
+            first = next(iter(self.ppl.values()))
+            out.update(ppl=first.ppl, ctx_len=first.ctx_len, tokens=first.tokens)
+        if self.zeroshot:
+            out["zero_shot"] = {k: v.to_dict() for k, v in self.zeroshot.items()}
+        return out
+
+
+def evaluate_model(
+    model: nn.Module, tokenizer, cfg: EvalConfig, *, tokens: dict[str, torch.Tensor] | None = None
+) -> ModelScores:
+    """Score ``model`` as ``cfg`` says; ``tokens`` supplies already tokenized sources by name
+    (a search scores the same text every trial and tokenizes it once)."""
+    scores = ModelScores(model_size(model), shape_table(model))
+    sources: dict[str, torch.Tensor | str] = {s: s for s in cfg.ppl_sources} | dict(tokens or {})
+    for name, src in sources.items():
+        ids = load_tokens(src, tokenizer) if isinstance(src, str | Path) else src
+        scores.ppl[str(name)] = perplexity(
+            model,
+            ids,
+            ctx_len=cfg.ctx_len,
+            stride=cfg.stride,
+            batch_size=cfg.batch_size,
+            max_tokens=cfg.max_tokens,
+            progress=cfg.progress,
+        )
+    if cfg.tasks:
+        scores.zeroshot = zero_shot(
+            model,
+            tokenizer,
+            cfg.tasks,
+            task_dir=cfg.task_dir,
+            limit=cfg.limit,
+            batch_size=cfg.batch_size,
+            num_fewshot=cfg.num_fewshot,
+            progress=cfg.progress,
+            **({"task_data": cfg.task_data} if cfg.task_data else {}),
+        )
+    return scores
