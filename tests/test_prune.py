@@ -7,7 +7,7 @@ from conftest import VOCAB, make_model, mask_like
 from qpruner.architecture import LayerShape, layer_shapes
 from qpruner.errors import QPrunerError, UnsupportedModelError
 from qpruner.prune import IMPORTANCE_METHODS, PruneConfig, layer_targets, prune_model
-from qpruner.prune.importance import _salience
+from qpruner.prune.unit_importance import _salience
 
 
 def samples(n=4, length=16, seed=0):

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from qpruner.errors import QPrunerError
-from qpruner.pydoc_corpus import describe_corpus, pydoc_texts
 from qpruner.reference import ReferenceConfig, build_reference, cache_key, resolve_corpus
+from qpruner.reference.corpus import describe_corpus, pydoc_texts
 
 SUBJECTS = ["the cat", "a dog", "the old farmer", "my sister", "the small bird", "a tired soldier"]
 VERBS = ["sees", "likes", "follows", "finds", "watches", "paints"]
@@ -168,7 +168,7 @@ def test_pydoc_fallback_without_wikitext(corpus, tmp_path, monkeypatch):
 
 
 def test_reference_records_the_fallback_corpus(tmp_path, monkeypatch):
-    import qpruner.pydoc_corpus as pydoc_corpus
+    import qpruner.reference.corpus as pydoc_corpus
 
     full = pydoc_corpus.pydoc_texts
 
@@ -208,7 +208,7 @@ def test_bad_config_is_a_user_error():
 
 def test_corpus_found_beside_the_package_from_any_cwd(corpus, tmp_path, monkeypatch):
     """`qpruner reference` run from outside the checkout still finds ../shared of the checkout."""
-    import qpruner.reference as reference
+    import qpruner.reference.model as reference
 
     monkeypatch.delenv("QPRUNER_DATA", raising=False)
     data = tmp_path / "checkout-parent" / "shared" / "data" / "wikitext-2"

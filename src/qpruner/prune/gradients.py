@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qpruner.architecture import decoder_layers, model_device
-from qpruner.prune.importance import LayerGrads
+from qpruner.prune.unit_importance import LayerGrads
 
 SCORED_MODULES = (
     "self_attn.q_proj",

@@ -14,8 +14,8 @@ from qpruner.errors import QPrunerError
 from qpruner.eval.size import model_size
 from qpruner.prune.config import LayerTarget, PruneConfig, effective_head_mode, layer_targets
 from qpruner.prune.gradients import accumulate_gradients
-from qpruner.prune.importance import layer_scores
 from qpruner.prune.structure import slice_layer
+from qpruner.prune.unit_importance import layer_scores
 
 
 @dataclass

@@ -3,7 +3,7 @@
 No pretrained model can be downloaded on our machines, yet pruning and quantization need a
 *trained* model to be measured against: a random one has no structure to lose. So we train
 one on WikiText-2 in about ten CPU minutes (on Python's own help texts where WikiText-2 is
-absent, see :mod:`qpruner.pydoc_corpus`), with the same layout as LLaMA (RMSNorm, SwiGLU,
+absent, see :mod:`qpruner.reference.corpus`), with the same layout as LLaMA (RMSNorm, SwiGLU,
 RoPE, grouped-query attention), so every code path that touches a real LLaMA runs on it.
 
 Everything is deterministic (seeded init, fixed data order, deterministic kernels) and the
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from qpruner.architecture import model_device
 from qpruner.checkpoint import replace_dir
 from qpruner.errors import QPrunerError
-from qpruner.pydoc_corpus import describe_corpus, write_pydoc_corpus
+from qpruner.reference.corpus import describe_corpus, write_pydoc_corpus
 
 # Bump when the training recipe or the saved layout changes, so old cache entries are not reused.
 FORMAT_VERSION = 1
