@@ -31,8 +31,7 @@ import postgres_server  # noqa: E402
 import torch  # noqa: E402
 from search_helpers import SyntheticEvaluator, budget_between, make_space  # noqa: E402
 
-from qpruner.search.run import run_search  # noqa: E402
-from qpruner.search.searchers import searcher_class  # noqa: E402
+from qpruner.search.run import SearchRun, run_search  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "distributed_bench.json"
 
@@ -40,23 +39,21 @@ RESULTS = Path(__file__).parent / "results" / "distributed_bench.json"
 def overhead(url: str, trials: int, method: str) -> float:
     """Milliseconds per trial of the search loop with a free evaluator."""
     space = make_space("joint", 8)
-    searcher = searcher_class(method)(space, budget_between(space, 0.5), 0)
-    t0 = time.perf_counter()
-    run_search(
-        space,
-        SyntheticEvaluator(8),
-        searcher,
-        trials,
-        url,
-        f"overhead-{method}",
-        None,
-        progress=False,
-        log=lambda *_: None,
+    run = SearchRun(
+        space=space,
+        evaluator=SyntheticEvaluator(8),
+        budget=budget_between(space, 0.5),
+        storage=url,
+        method=method,
+        trials=trials,
+        study_name=f"overhead-{method}",
     )
+    t0 = time.perf_counter()
+    run_search(run, progress=False, log=lambda *_: None)
     return 1000 * (time.perf_counter() - t0) / trials
 
 
-def throughput(url: str, study: str, workers: int, trials: int, work: int) -> float:
+def throughput(url: str, study: str, workers: int, *, trials: int, work: int) -> float:
     """Finished trials per minute when ``workers`` processes fill one study.
 
     Timed from the first trial's start to the last one's end as the study records them, so
@@ -112,7 +109,7 @@ def main() -> None:
         SyntheticEvaluator(8, work=args.work)(make_space("joint", 8).plan({}))
         job = time.perf_counter() - t
         pg = urls["postgresql"]
-        tput = {w: throughput(pg, f"tput-{w}", w, args.trials, args.work) for w in (1, 2)}
+        tput = {w: throughput(pg, f"tput-{w}", w, trials=args.trials, work=args.work) for w in (1, 2)}
         print(f"one trial's job: {job:.2f} s; trials/min: 1 worker {tput[1]:.1f}, 2 workers {tput[2]:.1f}")
     finally:
         postgres_server.remove(server)

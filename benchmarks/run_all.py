@@ -26,13 +26,16 @@ from pathlib import Path
 from bench_setup import reference_setup, write_results
 
 from qpruner import TrainConfig, finetune
-from qpruner.checkpoint import load_model, save_pruned
+from qpruner.checkpoint import save_pruned
 from qpruner.eval.size import model_size
 from qpruner.eval.zeroshot import zero_shot
-from qpruner.lora.recover import uniform_plan
+from qpruner.loader import load_model
+from qpruner.plan_sources import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
 from qpruner.reference import TRAIN_FILE
 from qpruner.search import SearchConfig, search_model
+from qpruner.search.recipe import trial_training
+from qpruner.search.records import Status, count
 
 RESULTS = Path(__file__).parent / "results.json"
 #: (row label, method, what it searches)
@@ -77,7 +80,7 @@ def main() -> None:
             eval_seconds=time.perf_counter() - t0,
         )
 
-    def recovered_row(res, method: str, ratio: float, t0: float, **extra) -> dict:
+    def recovered_row(res, method: str, ratio: float, *, t0: float, **extra) -> dict:
         """A table row for a recovered model: its evaluation, weights, memory and time."""
         measured = res.measured.to_dict()
         return dict(
@@ -105,16 +108,7 @@ def main() -> None:
         save_every=args.steps,
     )
     # Search trials: the recovery's batch shape (so memory is priced alike), fewer steps.
-    search_train = TrainConfig(
-        steps=args.search_steps,
-        batch_size=8,
-        micro_batch=8,
-        lr=1e-3,
-        warmup_steps=1,
-        cutoff_len=128,
-        save_every=10**9,
-        keep_checkpoints=1,
-    )
+    search_train = trial_training(args.search_steps, micro_batch=8)
     work = Path(tempfile.mkdtemp(prefix="run_all."))
     for ratio in [float(r) for r in args.ratios.split(",")]:
         t0 = time.perf_counter()
@@ -144,13 +138,13 @@ def main() -> None:
                 pruned_dir,
                 corpus / TRAIN_FILE,
                 work / f"{method}-{ratio}".replace(" ", "_"),
-                plan,
-                train_cfg,
+                plan=plan,
+                train_config=train_cfg,
                 loftq=loftq,
                 export=False,
                 progress=False,
             )
-            rows.append(recovered_row(res, method, ratio, t0))
+            rows.append(recovered_row(res, method, ratio, t0=t0))
             r = rows[-1]
             print(f"  {method}: ppl {r['ppl']:.2f}, acc {r['task_acc']:.3f}, {r['wall_seconds']:.0f}s")
         budget = next(r for r in rows if r["method"] == "QLoRA NF4" and r["ratio"] == ratio)[
@@ -179,8 +173,8 @@ def main() -> None:
                 pruned_dir,
                 corpus / TRAIN_FILE,
                 work / f"{method}-{ratio}",
-                found.plan,
-                train_cfg,
+                plan=found.plan,
+                train_config=train_cfg,
                 export=False,
                 progress=False,
             )
@@ -189,11 +183,11 @@ def main() -> None:
                     res,
                     label,
                     ratio,
-                    t0,
+                    t0=t0,
                     budget=budget,
                     bits=[round(b, 2) for b in res.plan.bits_per_layer()],
                     ranks=[lp.lora_rank for lp in res.plan.layers],
-                    search_trials=sum(r.status == "evaluated" for r in found.summary.records),
+                    search_trials=count(found.summary.records, Status.EVALUATED),
                     search_seconds=searched,
                 )
             )

@@ -26,16 +26,15 @@ from pathlib import Path
 
 from bench_setup import reference_setup, write_results
 
-from qpruner.lora.train import TrainConfig
 from qpruner.prune import PruneConfig
 from qpruner.prune.workflow import prune_checkpoint
 from qpruner.reference import TEST_FILE, TRAIN_FILE
 from qpruner.search.evaluator import Evaluation, FinetuneEvaluator
 from qpruner.search.from_model import SearchConfig, build_space, importance_source
 from qpruner.search.pareto import hypervolume
+from qpruner.search.recipe import trial_training
 from qpruner.search.records import evaluated
-from qpruner.search.run import run_search
-from qpruner.search.searchers import searcher_class
+from qpruner.search.run import SearchRun, run_search
 
 RESULTS = Path(__file__).parent / "results" / "search_bench.json"
 #: (label, method, space)
@@ -95,16 +94,7 @@ def main() -> None:
         bench.corpus / TRAIN_FILE,
         progress=False,
     )
-    train = TrainConfig(
-        steps=args.steps,
-        batch_size=8,
-        micro_batch=4,
-        lr=1e-3,
-        warmup_steps=1,
-        cutoff_len=128,
-        save_every=10**9,
-        keep_checkpoints=1,
-    )
+    train = trial_training(args.steps)
     cfg = SearchConfig(
         bits=tuple(int(b) for b in args.bits.split(",")),
         ranks=tuple(int(r) for r in args.ranks.split(",")),
@@ -125,25 +115,24 @@ def main() -> None:
     nf4 = build_space(pruned, SearchConfig(**{**cfg.__dict__, "space": "bits"}))
     budget = nf4.memory(nf4.choices_from([4] * nf4.num_layers))
     print(f"budget: {budget / 2**20:.2f} MiB (uniform NF4, rank 8); {nf4.num_layers} layers")
-    importance = importance_source(pruned, cfg, "fp32", "cpu")()
+    importance = importance_source(pruned, cfg, "fp32", device="cpu")()
     print("layer importance (MI):", [round(x, 4) for x in importance])
 
-    def search(label: str, method: str, space_name: str, trials: int, seed: int = 0) -> dict:
+    def search(label: str, method: str, space_name: str, *, trials: int, seed: int = 0) -> dict:
         space = build_space(pruned, SearchConfig(**{**cfg.__dict__, "space": space_name, "method": method}))
-        kwargs = {"importance": importance} if method in ("qpruner", "joint") else {}
-        searcher = searcher_class(method)(space, budget, seed, **kwargs)
-        t0, before = time.perf_counter(), evaluator.trained
-        res = run_search(
-            space,
-            evaluator,
-            searcher,
-            trials,
-            f"sqlite:///{work / 'studies.db'}",
-            label.replace(" ", "_"),
-            None,
-            progress=False,
-            log=print,
+        run = SearchRun(
+            space=space,
+            evaluator=evaluator,
+            budget=budget,
+            storage=f"sqlite:///{work / 'studies.db'}",
+            method=method,
+            trials=trials,
+            study_name=label.replace(" ", "_"),
+            seed=seed,
+            options={"importance": importance} if method in ("qpruner", "joint") else {},
         )
+        t0, before = time.perf_counter(), evaluator.trained
+        res = run_search(run, progress=False, log=print)
         recs = sorted(evaluated(res.summary.records), key=lambda r: r.number)
         print(
             f"  {label}: best {min(r.error for r in recs):.3f} after {len(recs)} evaluations "
@@ -171,9 +160,10 @@ def main() -> None:
 
     # The reference search draws with its own seed, so the random baseline is not its prefix.
     large = {
-        s: search(f"large random ({s})", "random", s, args.large, 1000) for s in ("bits", "ranks", "joint")
+        s: search(f"large random ({s})", "random", s, trials=args.large, seed=1000)
+        for s in ("bits", "ranks", "joint")
     }
-    runs = [search(label, m, s, args.trials) for label, m, s in RUNS]
+    runs = [search(label, m, s, trials=args.trials) for label, m, s in RUNS]
     rows = []
     for run in runs:
         ref_trials = large[run["space"]]["trials"]

@@ -108,30 +108,28 @@ def worker(
     import sys
 
     from qpruner.errors import QPrunerError
-    from qpruner.search.run import run_search
-    from qpruner.search.searchers import searcher_class
+    from qpruner.search.run import SearchRun, run_search
 
     space = make_space("joint", layers)
     opts = {"n_initial": 2, "population": 8, "generations": 2} if method in ("automixq", "joint") else {}
-    searcher = searcher_class(method)(space, budget_between(space, 0.5), method_seed, **opts)
     ev = SyntheticEvaluator(layers, hang_at=hang_at, marker=marker, delay=delay, work=work)
+    run = SearchRun(
+        space=space,
+        evaluator=ev,
+        budget=budget_between(space, 0.5),
+        storage=url,
+        method=method,
+        trials=trials,
+        study_name=study,
+        seed=method_seed,
+        options=opts,
+        heartbeat=heartbeat,
+        grace=grace,
+        db_retries=db_retries,
+        db_backoff=db_backoff,
+    )
     try:
-        run_search(
-            space,
-            ev,
-            searcher,
-            trials,
-            url,
-            study,
-            None,
-            resume=True,
-            progress=False,
-            heartbeat=heartbeat,
-            grace=grace,
-            log=lambda *_: None,
-            db_retries=db_retries,
-            db_backoff=db_backoff,
-        )
+        run_search(run, resume=True, progress=False, log=lambda *_: None)
     except QPrunerError as exc:
         print(f"qpruner: error: {exc}", file=sys.stderr)
         return 1

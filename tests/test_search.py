@@ -10,8 +10,8 @@ from search_helpers import SyntheticEvaluator, budget_between, make_space
 from qpruner.errors import QPrunerError
 from qpruner.plan import Plan
 from qpruner.search.pareto import hypervolume, pareto_front
-from qpruner.search.run import run_search
-from qpruner.search.searchers import METHODS, searcher_class
+from qpruner.search.run import SearchRun, run_search
+from qpruner.search.searchers import METHODS
 from qpruner.search.searchers.qpruner import initial_bits
 from qpruner.search.space import InfeasibleBudget, parse_size
 
@@ -30,10 +30,19 @@ def _search(tmp_path, method, trials=6, seed=0, name="s", share=0.4, resume=Fals
     kwargs = dict(FAST.get(method, {}))
     if method == "joint":
         kwargs["importance"] = FAST["qpruner"]["importance"]
-    searcher = searcher_class(method)(space, budget, seed, **kwargs)
     ev = evaluator or SyntheticEvaluator(LAYERS)
-    res = run_search(space, ev, searcher, trials, f"sqlite:///{tmp_path / 'study.db'}", name, tmp_path / name,
-                     resume=resume, progress=False, log=lambda *_: None)  # fmt: skip
+    run = SearchRun(
+        space=space,
+        evaluator=ev,
+        budget=budget,
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        method=method,
+        trials=trials,
+        study_name=name,
+        seed=seed,
+        options=kwargs,
+    )
+    res = run_search(run, tmp_path / name, resume=resume, progress=False, log=lambda *_: None)
     return res, space, budget, ev
 
 
@@ -119,10 +128,16 @@ def test_qpruner_first_trial_is_the_initial_allocation(tmp_path):
 def test_infeasible_budget_is_refused_before_any_study(tmp_path):
     space = make_space("bits", LAYERS)
     low = space.memory(space.cheapest()) - 1
-    searcher = searcher_class("random")(space, low, 0)
+    run = SearchRun(
+        space=space,
+        evaluator=SyntheticEvaluator(LAYERS),
+        budget=low,
+        storage=f"sqlite:///{tmp_path / 'x.db'}",
+        trials=3,
+        study_name="x",
+    )
     with pytest.raises(InfeasibleBudget, match="below the cheapest plan"):
-        run_search(space, SyntheticEvaluator(LAYERS), searcher, 3, f"sqlite:///{tmp_path / 'x.db'}", "x",
-                   None, progress=False)  # fmt: skip
+        run_search(run, progress=False)
     assert not (tmp_path / "x.db").exists()
 
 

@@ -15,8 +15,7 @@ import pytest
 from search_helpers import SyntheticEvaluator, budget_between, make_space
 
 from qpruner.errors import QPrunerError
-from qpruner.search.run import load_summary, run_search
-from qpruner.search.searchers import searcher_class
+from qpruner.search.run import SearchRun, load_summary, run_search
 from qpruner.search.study import make_storage, mask_url
 
 LAYERS = 4
@@ -24,11 +23,18 @@ LAYERS = 4
 
 def _run(url, trials, name="s", resume=False, seed=0, method="random", evaluator=None, out=None):
     space = make_space("joint", LAYERS)
-    searcher = searcher_class(method)(space, budget_between(space, 0.5), seed)
     ev = evaluator or SyntheticEvaluator(LAYERS)
-    return run_search(
-        space, ev, searcher, trials, url, name, out, resume=resume, progress=False, log=lambda *_: None
+    run = SearchRun(
+        space=space,
+        evaluator=ev,
+        budget=budget_between(space, 0.5),
+        storage=url,
+        method=method,
+        trials=trials,
+        study_name=name,
+        seed=seed,
     )
+    return run_search(run, out, resume=resume, progress=False, log=lambda *_: None)
 
 
 def test_storage_urls(tmp_path):
@@ -69,13 +75,13 @@ SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from search_helpers import SyntheticEvaluator, budget_between, make_space
-from qpruner.search.run import run_search
-from qpruner.search.searchers import searcher_class
+from qpruner.search.run import SearchRun, run_search
 space = make_space("joint", {layers})
-searcher = searcher_class("automixq")(space, budget_between(space, 0.5), 0, n_initial=2, population=8,
-                                      generations=2)
 ev = SyntheticEvaluator({layers}, hang_at=3, marker={marker!r})
-run_search(space, ev, searcher, 6, {url!r}, "s", None, progress=False)
+run = SearchRun(space=space, evaluator=ev, budget=budget_between(space, 0.5), storage={url!r},
+                method="automixq", trials=6, study_name="s",
+                options=dict(n_initial=2, population=8, generations=2))
+run_search(run, progress=False)
 """
 
 
@@ -99,13 +105,18 @@ def test_kill_9_mid_trial_loses_only_that_trial(tmp_path):
     hung = next(t for t in study.get_trials() if t.state.name == "RUNNING")
 
     space = make_space("joint", LAYERS)
-    searcher = searcher_class("automixq")(
-        space, budget_between(space, 0.5), 0, n_initial=2, population=8, generations=2
-    )
     ev = SyntheticEvaluator(LAYERS)
-    res = run_search(
-        space, ev, searcher, 6, url, "s", tmp_path / "out", resume=True, progress=False, log=lambda *_: None
+    run = SearchRun(
+        space=space,
+        evaluator=ev,
+        budget=budget_between(space, 0.5),
+        storage=url,
+        method="automixq",
+        trials=6,
+        study_name="s",
+        options=dict(n_initial=2, population=8, generations=2),
     )
+    res = run_search(run, tmp_path / "out", resume=True, progress=False, log=lambda *_: None)
     assert res.failed_recovered == [hung.number]
     recs = res.summary.records
     assert sum(r.status == "evaluated" for r in recs) == 6

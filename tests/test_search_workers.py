@@ -19,7 +19,6 @@ from search_helpers import SyntheticEvaluator, budget_between, make_space, worke
 from qpruner.errors import QPrunerError
 from qpruner.search.pareto import pareto_front
 from qpruner.search.run import load_summary
-from qpruner.search.searchers import searcher_class
 from qpruner.search.study import make_storage
 
 TESTS = str(Path(__file__).parent)
@@ -149,15 +148,20 @@ def test_a_dropped_database_ends_the_worker_cleanly(pg, tmp_path):
 
 
 def test_one_line_errors_before_any_training(pg):
-    from qpruner.search.run import run_search
+    from qpruner.search.run import SearchRun, run_search
 
     space = make_space("joint", 4)
-    searcher = searcher_class("random")(space, budget_between(space, 0.5), 0)
 
-    def run(url, sp=space, s=searcher):
-        return run_search(
-            sp, SyntheticEvaluator(4), s, 2, url, "s", None, resume=True, progress=False, log=lambda *_: None
+    def run(url, sp=space):
+        search = SearchRun(
+            space=sp,
+            evaluator=SyntheticEvaluator(4),
+            budget=budget_between(sp, 0.5),
+            storage=url,
+            trials=2,
+            study_name="s",
         )
+        return run_search(search, resume=True, progress=False, log=lambda *_: None)
 
     with pytest.raises(QPrunerError, match="cannot open storage postgresql://postgres@127.0.0.1:1/"):
         run("postgresql://postgres@127.0.0.1:1/none")
@@ -167,5 +171,5 @@ def test_one_line_errors_before_any_training(pg):
     run(url)
     other = make_space("joint", 5)
     with pytest.raises(QPrunerError, match="other settings"):
-        run(url, other, searcher_class("random")(other, budget_between(other, 0.5), 0))
+        run(url, other)
     assert "p4ss" not in str(pytest.raises(QPrunerError, run, "postgresql://me:p4ss@127.0.0.1:1/x").value)

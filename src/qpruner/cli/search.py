@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qpruner.search.recipe import TRIAL_STEPS
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -33,7 +35,7 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
     )
     p.add_argument("--ranks", type=_ints, default=(2, 4, 8, 16), help="LoRA ranks per layer to choose from")
     p.add_argument("--trials", type=int, default=40, help="evaluated plans in the whole study")
-    p.add_argument("--trial-steps", type=int, default=20, help="fine-tune steps per trial")
+    p.add_argument("--trial-steps", type=int, default=TRIAL_STEPS, help="fine-tune steps per trial")
     p.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.db); postgresql://...")
     p.add_argument("--study-name", help="study name (default: the method)")
     p.add_argument("--heartbeat", type=int, help="RDB storages: seconds between beats of a running trial")
@@ -51,20 +53,9 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
 
 
 def search_config(args: argparse.Namespace, **fixed):
-    from qpruner.lora.train import TrainConfig
     from qpruner.search import SearchConfig
+    from qpruner.search.recipe import trial_training
 
-    steps = args.trial_steps
-    train = TrainConfig(
-        steps=steps,
-        batch_size=8,
-        micro_batch=4,
-        lr=1e-3,
-        warmup_steps=max(1, steps // 10),
-        cutoff_len=128,
-        save_every=10**9,
-        keep_checkpoints=1,
-    )
     return SearchConfig(
         method=args.method,
         memory_budget=args.memory_budget,
@@ -81,7 +72,7 @@ def search_config(args: argparse.Namespace, **fixed):
         grace=args.heartbeat_grace,
         metric=args.search_metric,
         task_dir=getattr(args, "task_dir", None),
-        train=train,
+        train=trial_training(args.trial_steps),
         importance=args.layer_importance,
         **fixed,
     )
@@ -118,21 +109,21 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
     data = {"train_data": args.train_data, "eval_data": args.eval_data, "calib_data": args.calib_data}
     cfg = search_config(args, **data)
+    device = str(resolve_device(args.device))
     res = search_model(
-        args.model, cfg, args.out, args.resume, str(resolve_device(args.device)), not args.no_progress
+        args.model, cfg, args.out, resume=args.resume, device=device, progress=not args.no_progress
     )
     print_result(res)
 
 
 def print_result(res) -> None:
-    from qpruner.eval.size import format_bytes
-    from qpruner.search.records import EVALUATED, REJECTED
+    from qpruner.search.records import Status, count
+    from qpruner.units import format_bytes
 
     s = res.summary
-    n_ev = sum(r.status == EVALUATED for r in s.records)
-    n_rej = sum(r.status == REJECTED for r in s.records)
+    n_ev, n_rej = count(s.records, Status.EVALUATED), count(s.records, Status.REJECTED)
     print(f"{s.method}: {n_ev} plans evaluated, {n_rej} refused over budget ({format_bytes(s.budget)})")
-    best = next((r for r in s.records if r.number == s.chosen), None)
+    best = s.chosen_trial
     if best is None:
         print("no plan was evaluated")
         return

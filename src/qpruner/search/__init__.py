@@ -2,9 +2,14 @@
 
 - :mod:`~qpruner.search.space` — per-layer choices, their plan and price;
 - :mod:`~qpruner.search.searchers` — QPruner, AutoMixQ, RankAdaptor, joint, random;
-- :mod:`~qpruner.search.evaluator` — a plan's error and measured memory after a short fine-tune;
+- :mod:`~qpruner.search.evaluator` — a plan's error and measured memory after a short fine-tune
+  (:mod:`~qpruner.search.recipe`: the one training recipe of a trial);
+- :mod:`~qpruner.search.layer_importance` — per-layer scores for QPruner's bit allocation;
 - :mod:`~qpruner.search.study` — optuna storage (SQLite, PostgreSQL, journal file), resume;
-- :mod:`~qpruner.search.run` — the loop; :mod:`~qpruner.search.from_model` — ``qpruner search``;
+- :mod:`~qpruner.search.records` — what a trial stores, its :class:`Status`, the chosen trial;
+- :mod:`~qpruner.search.run` — :class:`SearchRun` (space, budget, evaluator, searcher, storage)
+  and ``run_search``; :mod:`~qpruner.search.loop` — one trial and one loop iteration;
+  :mod:`~qpruner.search.from_model` — ``qpruner search``;
 - :mod:`~qpruner.search.report` — HTML report with the Pareto front and per-layer charts.
 """
 
@@ -14,6 +19,9 @@ import importlib
 # sklearn, optuna and matplotlib.
 _LAZY = {
     "SearchConfig": "qpruner.search.from_model",
+    "SearchRun": "qpruner.search.run",
+    "run_search": "qpruner.search.run",
+    "trial_training": "qpruner.search.recipe",
     "search_model": "qpruner.search.from_model",
     "InfeasibleBudget": "qpruner.search.space",
     "SearchSpace": "qpruner.search.space",
@@ -27,4 +35,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'qpruner.search' has no attribute {name!r}")
 
 
-__all__ = ["InfeasibleBudget", "SearchConfig", "SearchSpace", "parse_size", "search_model"]
+__all__ = [
+    "InfeasibleBudget",
+    "SearchConfig",
+    "SearchRun",
+    "SearchSpace",
+    "parse_size",
+    "run_search",
+    "search_model",
+    "trial_training",
+]

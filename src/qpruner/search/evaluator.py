@@ -21,6 +21,7 @@ import torch
 from qpruner.errors import QPrunerError
 from qpruner.lora.train import TrainConfig
 from qpruner.plan import Plan
+from qpruner.search.recipe import trial_training
 
 
 @dataclass
@@ -40,21 +41,6 @@ class Evaluator(Protocol):
         ...
 
 
-def short_training() -> TrainConfig:
-    # A trial is a short recovery: enough steps for the adapter to move, few enough to run
-    # dozens of trials (the papers' own searches fine-tune briefly per candidate).
-    return TrainConfig(
-        steps=20,
-        batch_size=8,
-        micro_batch=4,
-        lr=1e-3,
-        warmup_steps=2,
-        cutoff_len=128,
-        save_every=10**9,
-        keep_checkpoints=1,
-    )
-
-
 @dataclass
 class FinetuneEvaluator:
     """Quantize the pruned model per plan, train LoRA for ``train.steps``, score held-out data.
@@ -68,7 +54,7 @@ class FinetuneEvaluator:
     model_src: str
     train_data: str
     eval_data: str | None = None
-    train: TrainConfig = field(default_factory=short_training)
+    train: TrainConfig = field(default_factory=trial_training)
     metric_name: str = "ppl"
     task_dir: str | None = None
     task_limit: int | None = None
@@ -94,9 +80,9 @@ class FinetuneEvaluator:
         )
         self._eval_ids = None
         if self.metric_name == "ppl":
-            from qpruner.eval.perplexity import load_eval_tokens
+            from qpruner.data_sources import load_tokens
 
-            self._eval_ids = load_eval_tokens(self.eval_data, self._tokenizer)
+            self._eval_ids = load_tokens(self.eval_data, self._tokenizer)
 
     @property
     def metric(self) -> str:
@@ -120,8 +106,8 @@ class FinetuneEvaluator:
                 self._examples,
                 self.train,
                 work,
-                self._tokenizer,
-                self.device,
+                tokenizer=self._tokenizer,
+                device=self.device,
                 loftq=self.loftq,
                 progress=self.progress,
             )
@@ -136,7 +122,13 @@ class FinetuneEvaluator:
             if self._eval_ids is not None:
                 from qpruner.eval.perplexity import perplexity
 
-                res = perplexity(model, self._eval_ids, self.ctx_len, None, 8, self.eval_max_tokens, False)
+                res = perplexity(
+                    model,
+                    self._eval_ids,
+                    ctx_len=self.ctx_len,
+                    max_tokens=self.eval_max_tokens,
+                    progress=False,
+                )
                 metrics["ppl"] = error = res.ppl
             else:
                 from qpruner.eval.zeroshot import zero_shot

@@ -3,11 +3,12 @@
 Builds the pieces the loop needs — the space from the checkpoint's stored shapes, the
 fine-tune evaluator, the searcher (with layer importance computed lazily from calibration
 text, only for the searchers that use it and only if the study has none stored) — and runs
-:func:`qpruner.search.run.run_search`.
+:func:`qpruner.search.run.run_search` on the :class:`~qpruner.search.run.SearchRun` they make.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import torch
 
 from qpruner.errors import QPrunerError
 from qpruner.lora.train import TrainConfig
-from qpruner.search.evaluator import short_training
-from qpruner.search.run import SearchResult, run_search
+from qpruner.search.evaluator import Evaluator
+from qpruner.search.recipe import trial_training
+from qpruner.search.run import SearchResult, SearchRun, run_search
 from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
 from qpruner.search.space import SearchSpace, parse_size
 from qpruner.search.study import default_storage
@@ -43,7 +45,7 @@ class SearchConfig:
     metric: str = "ppl"  # or an lm-eval task name (error = 1 - acc)
     task_dir: str | None = None
     task_limit: int | None = None
-    train: TrainConfig = field(default_factory=short_training)  # each trial's fine-tune
+    train: TrainConfig = field(default_factory=trial_training)  # each trial's fine-tune
     eval_max_tokens: int | None = 20_000
     ctx_len: int | None = 128
     importance: str = "mi"  # mi | taylor | random
@@ -56,11 +58,11 @@ class SearchConfig:
 def build_space(model_src: str | Path, cfg: SearchConfig, device: str = "cpu") -> SearchSpace:
     from transformers import AutoConfig
 
-    from qpruner.lora.recover import default_dtype, uniform_plan
+    from qpruner.plan_sources import default_dtype, uniform_plan
 
     method_space = searcher_class(cfg.method).default_space
     dtype = cfg.dtype or default_dtype(torch.device(device))
-    base = uniform_plan(model_src, cfg.fixed_bits, cfg.rank, None, dtype)
+    base = uniform_plan(model_src, cfg.fixed_bits, cfg.rank, dtype=dtype)
     config = AutoConfig.from_pretrained(str(model_src))
     return SearchSpace(
         base,
@@ -76,20 +78,20 @@ def build_space(model_src: str | Path, cfg: SearchConfig, device: str = "cpu") -
     )
 
 
-def importance_source(model_src: str | Path, cfg: SearchConfig, dtype: str, device: str):
+def importance_source(model_src: str | Path, cfg: SearchConfig, dtype: str, *, device: str):
     """A callable computing per-layer importance on the unquantized pruned model (run at most once)."""
     if cfg.calib_data is None:
         return None
 
     def compute() -> list[float]:
-        from qpruner.checkpoint import load_model, load_tokenizer
+        from qpruner.checkpoint import load_base_model, load_tokenizer
         from qpruner.device import resolve_dtype
         from qpruner.prune.calibration import calibration_samples
-        from qpruner.search.importance import layer_importance
+        from qpruner.search.layer_importance import layer_importance
 
         tok = load_tokenizer(model_src)
         samples = calibration_samples(cfg.calib_data, tok, cfg.n_calib, cfg.calib_len, seed=cfg.seed)
-        model = load_model(model_src, dtype=resolve_dtype(dtype, torch.device(device)), device=device)
+        model = load_base_model(model_src, dtype=resolve_dtype(dtype, torch.device(device)), device=device)
         return layer_importance(model, samples, cfg.importance, seed=cfg.seed)
 
     return compute
@@ -99,15 +101,14 @@ def search_model(
     model_src: str | Path,
     cfg: SearchConfig,
     out_dir: str | Path,
+    *,
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
-    evaluator=None,
-    log=print,
+    evaluator: Evaluator | None = None,
+    log: Callable = print,
 ) -> SearchResult:
     """Search a plan for the pruned checkpoint ``model_src`` under ``cfg.memory_budget``."""
-    from qpruner.search.evaluator import FinetuneEvaluator
-
     out = Path(out_dir)
     storage = cfg.storage or default_storage(out)
     if cfg.storage is None and (out / "study.db").exists() and not resume:
@@ -118,44 +119,47 @@ def search_model(
     out.mkdir(parents=True, exist_ok=True)
     budget = parse_size(cfg.memory_budget)
     space = build_space(model_src, cfg, device)
-    space.check_budget(budget)
-    if evaluator is None:
-        if cfg.train_data is None:
-            raise QPrunerError("the search fine-tunes every plan briefly: pass --train-data")
-        evaluator = FinetuneEvaluator(
-            str(model_src),
-            str(cfg.train_data),
-            cfg.eval_data,
-            cfg.train,
-            cfg.metric,
-            cfg.task_dir,
-            cfg.task_limit,
-            cfg.eval_max_tokens,
-            cfg.ctx_len,
-            device,
-            progress=progress,  # each trial's fine-tune shows its own bar under the study's
-        )
-    cls = searcher_class(cfg.method)
-    kwargs = dict(cfg.options)
+    space.check_budget(budget)  # before the evaluator loads any data
+    options = dict(cfg.options)
     if cfg.method in USES_IMPORTANCE:
-        kwargs.setdefault("importance", importance_source(model_src, cfg, space.base.dtype, device))
-        kwargs.setdefault("importance_method", cfg.importance)
-    try:
-        searcher = cls(space, budget, cfg.seed, **kwargs)
-    except TypeError as exc:
-        raise QPrunerError(f"{cfg.method}: bad searcher option ({exc})") from exc
-    return run_search(
-        space,
-        evaluator,
-        searcher,
-        cfg.trials,
-        storage,
-        cfg.study_name or cfg.method,
-        out,
-        resume,
-        str(model_src),
-        cfg.heartbeat,
-        progress,
-        log,
+        options.setdefault("importance", importance_source(model_src, cfg, space.base.dtype, device=device))
+        options.setdefault("importance_method", cfg.importance)
+    if evaluator is None:
+        evaluator = _finetune_evaluator(model_src, cfg, device=device, progress=progress)
+    run = SearchRun(
+        space=space,
+        evaluator=evaluator,
+        budget=budget,
+        storage=storage,
+        method=cfg.method,
+        trials=cfg.trials,
+        study_name=cfg.study_name,
+        seed=cfg.seed,
+        options=options,
+        model=str(model_src),
+        heartbeat=cfg.heartbeat,
         grace=cfg.grace,
+    )
+    return run_search(run, out, resume=resume, progress=progress, log=log)
+
+
+def _finetune_evaluator(
+    model_src: str | Path, cfg: SearchConfig, *, device: str, progress: bool
+) -> Evaluator:
+    from qpruner.search.evaluator import FinetuneEvaluator
+
+    if cfg.train_data is None:
+        raise QPrunerError("the search fine-tunes every plan briefly: pass --train-data")
+    return FinetuneEvaluator(
+        str(model_src),
+        str(cfg.train_data),
+        cfg.eval_data,
+        cfg.train,
+        metric_name=cfg.metric,
+        task_dir=cfg.task_dir,
+        task_limit=cfg.task_limit,
+        eval_max_tokens=cfg.eval_max_tokens,
+        ctx_len=cfg.ctx_len,
+        device=device,
+        progress=progress,  # each trial's fine-tune shows its own bar under the study's
     )

@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 
-#: ``status`` values: trained and measured; refused before training (over budget); crashed.
-EVALUATED, REJECTED, FAILED, RUNNING = "evaluated", "rejected", "failed", "running"
+
+class Status(str, Enum):
+    """A trial's outcome, stored in the study as its plain string value.
+
+    A ``str`` enum (not ``enum.StrEnum``, which needs Python 3.11) so that the value written
+    to the storage is the same string older versions wrote: their studies load and resume,
+    and ``record.status == "evaluated"`` still holds.
+    """
+
+    EVALUATED = "evaluated"  # trained and measured
+    REJECTED = "rejected"  # refused before training: predicted memory over budget
+    FAILED = "failed"  # the objective raised, or its worker died
+    RUNNING = "running"  # in flight (or left by a killed worker, until failed)
+    WAITING = "waiting"  # queued (``enqueue_trial``), not started
+    SURPLUS = "surplus"  # stood down: the study already had enough trials
+    DUPLICATE = "duplicate"  # another trial runs or ran the same plan
+    PRUNED = "pruned"  # pruned by optuna with no status of ours
+
+    def __str__(self) -> str:  # the stored string in tables and logs, on every Python version
+        return self.value
 
 
 @dataclass
 class TrialRecord:
     number: int
-    status: str  # EVALUATED | REJECTED | FAILED | RUNNING | "waiting"
+    status: Status
     params: dict[str, int]  # e.g. {"bits_0": 4, "rank_0": 8, ...}
     error: float | None = None  # what the search minimises: perplexity, or 1 - task score
     memory_predicted: int | None = None  # bytes, fine-tuning total from qpruner.memory.estimate
@@ -28,13 +47,18 @@ class TrialRecord:
     plan: dict | None = None  # Plan.to_dict()
     retry_of: int | None = None
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a stored string (old study, search.json) → the enum
+
     @property
     def memory(self) -> int | None:
         """Measured memory where the trial measured it, else predicted."""
         return self.memory_measured if self.memory_measured is not None else self.memory_predicted
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialRecord:
@@ -44,4 +68,18 @@ class TrialRecord:
 def evaluated(records: list[TrialRecord]) -> list[TrialRecord]:
     """Trials with a usable error: a diverged fine-tune (inf/NaN perplexity) stays in the study
     and the report's table, but is no point for a performance model or a front."""
-    return [r for r in records if r.status == EVALUATED and r.error is not None and math.isfinite(r.error)]
+    return [
+        r for r in records if r.status == Status.EVALUATED and r.error is not None and math.isfinite(r.error)
+    ]
+
+
+def choose_trial(records: list[TrialRecord], budget: int) -> TrialRecord | None:
+    """The trial a search chooses: the lowest error among evaluated plans whose predicted
+    memory fits ``budget`` (ties: the earlier trial). The only place this rule is written —
+    the progress bar, the summary, the saved plan and the report all follow it."""
+    fits = [r for r in evaluated(records) if r.memory_predicted is None or r.memory_predicted <= budget]
+    return min(fits, key=lambda r: (r.error, r.number)) if fits else None
+
+
+def count(records: list[TrialRecord], status: Status = Status.EVALUATED) -> int:
+    return sum(r.status == status for r in records)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qpruner.search.pareto import pareto_front
-from qpruner.search.records import EVALUATED, REJECTED, TrialRecord, evaluated
+from qpruner.search.records import Status, TrialRecord, count, evaluated
 
 MIB = 2**20
 
@@ -26,7 +26,7 @@ class SearchSummary:
     metric: str  # how the error reads: "perplexity", "1 - acc (task)"
     budget: int | None  # bytes
     records: list[TrialRecord]
-    chosen: int | None  # trial number of the chosen plan
+    chosen: int | None  # trial number of the chosen plan (records.choose_trial when searched)
     study_name: str = ""
     storage: str = ""  # password masked
     extra: dict = field(default_factory=dict)  # importance, initial allocation, space, ...
@@ -44,6 +44,12 @@ class SearchSummary:
 
     def evaluated(self) -> list[TrialRecord]:
         return sorted(evaluated(self.records), key=lambda r: r.number)
+
+    @property
+    def chosen_trial(self) -> TrialRecord | None:
+        """The record of the chosen trial. ``chosen`` is stored (``search.json``) rather than
+        recomputed, so a summary read back shows the choice the search made."""
+        return next((r for r in self.records if r.number == self.chosen), None)
 
     def importance(self) -> tuple[list[float], str] | None:
         """Per-layer importance and how it was measured, if the search stored any.
@@ -94,7 +100,7 @@ def pareto_png(s: SearchSummary) -> bytes:
         ax.plot(
             [r.memory / MIB for r in front], [r.error for r in front], "o-", c="tab:red", label="Pareto front"
         )
-    rej = [r for r in s.records if r.status == REJECTED and r.memory_predicted]
+    rej = [r for r in s.records if r.status == Status.REJECTED and r.memory_predicted]
     if rej and ev:
         top = max(r.error for r in ev)
         ax.scatter(
@@ -104,8 +110,8 @@ def pareto_png(s: SearchSummary) -> bytes:
             c="grey",
             label="refused (over budget, predicted memory)",
         )
-    best = next((r for r in ev if r.number == s.chosen), None)
-    if best is not None:
+    best = s.chosen_trial
+    if best is not None and best.number in {r.number for r in ev}:  # a point of this chart
         ax.scatter(
             [best.memory / MIB],
             [best.error],
@@ -205,27 +211,41 @@ def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s, esc = summary, html.escape
-    ev = s.evaluated()
-    chosen = next((r for r in s.records if r.number == s.chosen), None)
-    figures: list[tuple[str, str, bytes | None]] = [
-        ("pareto.png", "Pareto front", pareto_png(s)),
-        ("progress.png", "Search progress", progress_png(s)),
-        ("performance_model.png", "Performance model", model_png(s)),
-    ]
-    if chosen is not None and chosen.plan:
-        figures.insert(1, ("plan.png", "Chosen plan per layer", plan_png(chosen.plan)))
-    count = {st: sum(r.status == st for r in s.records) for st in (EVALUATED, REJECTED, "failed")}
+    parts = [f"<h1>qpruner search report: {esc(s.method)}</h1>", _table(["", ""], _facts(s))]
+    if not s.evaluated():
+        parts.append("<p><b>No trial was evaluated yet.</b></p>")
+    parts += _figures(s, out)
+    parts += _chosen_plan(s)
+    parts += ["<h2>Every trial</h2>", _trials_table(s)]
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>qpruner search: {esc(s.method)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    path = out / "report.html"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _facts(s: SearchSummary) -> list[list[str]]:
+    n = {st: count(s.records, st) for st in (Status.EVALUATED, Status.REJECTED, Status.FAILED)}
     facts = [
         ["method", s.method],
         ["metric (lower is better)", s.metric],
         ["memory budget MiB", _mib(s.budget)],
         [
             "trials evaluated / refused / failed",
-            f"{count[EVALUATED]} / {count[REJECTED]} / {count['failed']}",
+            f"{n[Status.EVALUATED]} / {n[Status.REJECTED]} / {n[Status.FAILED]}",
         ],
         ["study", s.study_name],
         ["storage", s.storage],
     ]
+    chosen = s.chosen_trial
     if chosen is not None:
         facts.append(
             [
@@ -234,13 +254,25 @@ def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
                 f"{_mib(chosen.memory_predicted)} / measured {_mib(chosen.memory_measured)} MiB",
             ]
         )
-    parts = [f"<h1>qpruner search report: {esc(s.method)}</h1>", _table(["", ""], facts)]
-    if not ev:
-        parts.append("<p><b>No trial was evaluated yet.</b></p>")
+    return facts
+
+
+def _figures(s: SearchSummary, out: Path) -> list[str]:
+    """Each figure written as a PNG into ``out`` and embedded; the HTML sections, in order."""
+    esc = html.escape
+    chosen = s.chosen_trial
+    figures: list[tuple[str, str, bytes | None]] = [
+        ("pareto.png", "Pareto front", pareto_png(s)),
+        ("progress.png", "Search progress", progress_png(s)),
+        ("performance_model.png", "Performance model", model_png(s)),
+    ]
+    if chosen is not None and chosen.plan:
+        figures.insert(1, ("plan.png", "Chosen plan per layer", plan_png(chosen.plan)))
     for stale in ("plan.png", "performance_model.png"):
         # A re-render into the same folder must not leave a figure the page says it skipped.
         if not any(name == stale and png is not None for name, _, png in figures):
             (out / stale).unlink(missing_ok=True)
+    parts = []
     for name, title, png in figures:
         if png is None:
             parts.append(
@@ -250,25 +282,33 @@ def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
         (out / name).write_bytes(png)
         data = base64.b64encode(png).decode()
         parts.append(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">')
-    if chosen is not None and chosen.plan:
-        layers = chosen.plan["layers"]
-        imp = s.importance()
-        show_imp = imp is not None and len(imp[0]) == len(layers)
-        rows = [
-            [
-                i,
-                "" if lp.get("prune_ratio") is None else f"{100 * lp['prune_ratio']:.1f}%",
-                lp["weight_format"],
-                lp["lora_rank"],
-                *([_num(imp[0][i])] if show_imp else []),
-            ]
-            for i, lp in enumerate(layers)
+    return parts
+
+
+def _chosen_plan(s: SearchSummary) -> list[str]:
+    """The chosen plan per layer, with the layer importance beside it where the search stored it."""
+    chosen = s.chosen_trial
+    if chosen is None or not chosen.plan:
+        return ["<h2>Chosen plan</h2><p>No plan was chosen (none evaluated within the budget).</p>"]
+    layers = chosen.plan["layers"]
+    imp = s.importance()
+    show_imp = imp is not None and len(imp[0]) == len(layers)
+    rows = [
+        [
+            i,
+            "" if lp.get("prune_ratio") is None else f"{100 * lp['prune_ratio']:.1f}%",
+            lp["weight_format"],
+            lp["lora_rank"],
+            *([_num(imp[0][i])] if show_imp else []),
         ]
-        head = ["layer", "pruned", "format", "LoRA rank"]
-        head += [f"importance ({imp[1]})" if imp[1] else "importance"] if show_imp else []
-        parts += ["<h2>Chosen plan</h2>", _table(head, rows)]
-    else:
-        parts.append("<h2>Chosen plan</h2><p>No plan was chosen (none evaluated within the budget).</p>")
+        for i, lp in enumerate(layers)
+    ]
+    head = ["layer", "pruned", "format", "LoRA rank"]
+    head += [f"importance ({imp[1]})" if imp[1] else "importance"] if show_imp else []
+    return ["<h2>Chosen plan</h2>", _table(head, rows)]
+
+
+def _trials_table(s: SearchSummary) -> str:
     on = set(s.front())
     rows = [
         [
@@ -295,17 +335,4 @@ def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
         "memory meas MiB",
         "retry of",
     ]
-    parts += ["<h2>Every trial</h2>", _table(head, rows)]
-    style = (
-        "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}"
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>qpruner search: {esc(s.method)}</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
-    )
-    path = out / "report.html"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return _table(head, rows)

@@ -1,11 +1,11 @@
-"""Running a search: the loop every searcher shares, its outputs, and resuming it.
+"""A search run: what it searches, under which budget, where it lives, and running it.
 
-Each iteration reads the study's trials, asks the searcher for a plan (queued into the
-study) or lets the study's sampler choose, prices the plan, refuses it before any training
-when its predicted memory is over budget, otherwise evaluates it and stores everything in
-the trial. A trial is one ``study.optimize(..., n_trials=1)``, so optuna's own machinery
-(heartbeats where the storage has them, failing a trial whose objective raised) applies.
-``trials`` counts evaluated trials in the whole study, whichever worker ran them.
+:class:`SearchRun` owns everything one search needs — the space, the memory budget, the
+evaluator, the searcher (by name, seed and options), the trial count and the storage URL
+and study name — so each lives in exactly one place: the searcher is built from the run's
+budget and seed, the study's identity is the run's, and the loop
+(:mod:`qpruner.search.loop`) reads all of it from the run. ``trials`` counts evaluated
+trials in the whole study, whichever worker ran them.
 
 Outputs in ``out_dir``: ``plan.json`` (the best plan within budget, with its predicted and
 measured memory), ``search.json`` (every trial) and ``report.html`` with its PNGs.
@@ -13,9 +13,11 @@ measured memory), ``search.json`` (every trial) and ``report.html`` with its PNG
 
 from __future__ import annotations
 
+import functools
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -24,17 +26,65 @@ from qpruner.errors import QPrunerError
 from qpruner.plan import Plan
 from qpruner.search import study as st
 from qpruner.search.evaluator import Evaluator
-from qpruner.search.records import EVALUATED, REJECTED, RUNNING, TrialRecord, evaluated
+from qpruner.search.loop import LoopState, run_trial, step, with_retries
+from qpruner.search.records import TrialRecord, choose_trial, count
 from qpruner.search.report import SearchSummary, write_report
+from qpruner.search.searchers import searcher_class
 from qpruner.search.searchers.base import Searcher
-from qpruner.search.space import SearchSpace
+from qpruner.search.space import SearchSpace, parse_size
 
 SUMMARY_FILE = "search.json"
 PLAN_FILE = "plan.json"
-#: Plans refused in a row (over budget) before the search gives up on its sampler.
-MAX_REJECTED_IN_A_ROW = 500
-#: How often a worker with nothing to start looks at the study again.
-POLL_SECONDS = 0.5
+
+
+@dataclass
+class SearchRun:
+    """One search: any number of workers build the same run and point it at the same study.
+
+    ``options`` are the searcher's keyword arguments (``n_initial``, ``importance``, ...).
+    ``heartbeat``/``grace`` (seconds, RDB storages) let a live worker fail a dead one's
+    trial; ``db_retries``/``db_backoff`` how long a worker waits out a dropped database.
+    """
+
+    space: SearchSpace
+    evaluator: Evaluator
+    budget: int | str  # bytes, or a size such as "6GiB"
+    storage: str  # optuna storage URL: sqlite:///…, postgresql://…, journal:///…
+    method: str = "random"  # the searcher, by ``--method`` name
+    trials: int = 40
+    study_name: str | None = None  # default: the method's name
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+    model: str | None = None  # the pruned checkpoint, recorded in plans and the study
+    heartbeat: int | None = None
+    grace: int | None = None
+    db_retries: int = 5
+    db_backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.budget = parse_size(self.budget)
+        self.study_name = self.study_name or self.method
+
+    @cached_property
+    def searcher(self) -> Searcher:
+        """The searcher, built once from the run's space, budget, seed and options."""
+        cls = searcher_class(self.method)
+        try:
+            return cls(self.space, self.budget, self.seed, **self.options)
+        except TypeError as exc:
+            raise QPrunerError(f"{self.method}: bad searcher option ({exc})") from exc
+
+    def identity(self) -> dict:
+        """What a study stores of its run; a worker whose run differs is refused."""
+        return {
+            "method": self.searcher.name,
+            "space": self.space.describe(),
+            "searcher": self.searcher.describe(),
+            "evaluator": self.evaluator.describe(),
+            "budget": self.budget,
+            "seed": self.seed,
+            "model": self.model,
+        }
 
 
 @dataclass
@@ -47,91 +97,15 @@ class SearchResult:
     failed_recovered: list[int] = field(default_factory=list)
 
 
-def _objective(
-    space: SearchSpace, searcher: Searcher, evaluator: Evaluator, budget: int, model: str | None, trials: int
-):
-    import optuna
-    from optuna.trial import TrialState
-
-    def objective(trial) -> float:
-        trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
-        earlier = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
-        ahead = [
-            t for t in earlier if t.number < trial.number and t.user_attrs.get("status") in (None, EVALUATED)
-        ]
-        if len(ahead) >= trials:
-            # Trial numbers are handed out atomically by the storage: of workers that started at
-            # once, the later ones stand down, so the study ends with exactly ``trials``.
-            trial.set_user_attr("status", "surplus")
-            st.requeue_if_retry(trial.study, trial)
-            raise optuna.TrialPruned("the study already has enough trials running or done")
-        if "proposed_by" not in trial.user_attrs:
-            trial.set_user_attr("proposed_by", f"sampler ({type(trial.study.sampler).__name__})")
-        choices = space.suggest(trial)
-        mem = space.memory(choices)
-        trial.set_user_attr("memory_predicted", int(mem))
-        trial.set_constraint("memory_over_budget", float(mem - budget))
-        if mem > budget:
-            # Refused before any training. The sampler is told a value worse than any seen,
-            # and the constraint, so it learns where the budget lies.
-            trial.set_user_attr("status", REJECTED)
-            trials_so_far = trial.study.get_trials(deepcopy=False)
-            errors = [r.error for r in evaluated([st.record_of(t) for t in trials_so_far])]
-            if not errors:
-                raise optuna.TrialPruned("over budget")
-            return max(errors) * 1.25 if max(errors) > 0 else max(errors) + 1.0
-        key = space.key(choices)
-        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
-            same = (
-                other.number < trial.number
-                and space.complete(other.params)
-                and space.key(other.params) == key
-            )
-            if same and other.user_attrs.get("status") in (None, EVALUATED):
-                # Another worker runs or ran this plan (two proposed it at once): take another.
-                trial.set_user_attr("status", "duplicate")
-                raise optuna.TrialPruned(f"trial {other.number} has this plan")
-        plan = space.plan(choices)
-        plan.model = model
-        ev = evaluator(plan)
-        measured = ev.metrics.get("memory_measured")
-        plan.memory = {"predicted": ev.metrics.get("memory_predicted", {"total": int(mem)})}
-        if measured:
-            plan.memory["measured"] = measured
-        trial.set_user_attr("plan", plan.to_dict())
-        trial.set_user_attr("memory_measured", ev.memory)
-        trial.set_user_attr("metrics", {k: v for k, v in ev.metrics.items() if not k.startswith("memory_")})
-        trial.set_user_attr("error", float(ev.error))
-        trial.set_user_attr("status", EVALUATED)
-        return float(ev.error)
-
-    return objective
-
-
-def best_record(records: list[TrialRecord], budget: int) -> TrialRecord | None:
-    """The lowest error among evaluated plans whose predicted memory fits ``budget``."""
-    fits = [r for r in evaluated(records) if r.memory_predicted is None or r.memory_predicted <= budget]
-    return min(fits, key=lambda r: (r.error, r.number)) if fits else None
-
-
 def run_search(
-    space: SearchSpace,
-    evaluator: Evaluator,
-    searcher: Searcher,
-    trials: int,
-    storage: str,
-    study_name: str,
+    run: SearchRun,
     out_dir: str | Path | None = None,
+    *,
     resume: bool = False,
-    model: str | None = None,
-    heartbeat: int | None = None,
     progress: bool = True,
-    log=print,
-    grace: int | None = None,
-    db_retries: int = 5,
-    db_backoff: float = 2.0,
+    log: Callable = print,
 ) -> SearchResult:
-    """Search until the study holds ``trials`` evaluated plans (or the searcher converges).
+    """Search until the study holds ``run.trials`` evaluated plans (or the searcher converges).
 
     Any number of workers may run this on the same storage URL and study name: ``trials``
     counts the whole study, proposals are registered in it before they are trained, and a
@@ -139,161 +113,55 @@ def run_search(
     """
     import optuna
 
-    if trials < 1:
-        raise QPrunerError(f"--trials must be at least 1, got {trials}")
-    budget = searcher.budget
-    space.check_budget(budget)  # one-line error before anything is created
-    identity = {
-        "method": searcher.name,
-        "space": space.describe(),
-        "searcher": searcher.describe(),
-        "evaluator": evaluator.describe(),
-        "budget": budget,
-        "seed": searcher.seed,
-        "model": model,
-    }
-    storage_obj = st.make_storage(storage, heartbeat, grace)
+    if run.trials < 1:
+        raise QPrunerError(f"--trials must be at least 1, got {run.trials}")
+    run.space.check_budget(run.budget)  # one-line errors before anything is created
+    identity = run.identity()
+    storage = st.make_storage(run.storage, run.heartbeat, run.grace)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    state = _LoopState()
+    state = LoopState()
     try:
-        study = st.open_study(storage_obj, study_name, identity, resume, searcher.sampler())
-        searcher.setup(study)
-        objective = _objective(space, searcher, evaluator, budget, model, trials)
-        done0 = st.count(st.records(study))
+        study = st.open_study(
+            storage, run.study_name, identity, resume=resume, sampler=run.searcher.sampler()
+        )
+        run.searcher.setup(study)
+        objective = functools.partial(run_trial, run)
+        done0 = count(st.records(study))
         bar = tqdm(
-            total=trials,
-            initial=min(done0, trials),
-            desc=f"search ({searcher.name})",
+            total=run.trials,
+            initial=min(done0, run.trials),
+            desc=f"search ({run.searcher.name})",
             unit="trial",
             disable=not progress,
         )
-        while True:
-            outcome = _with_retries(
-                lambda: _step(study, searcher, objective, trials, budget, bar, state, log),
-                storage,
-                db_retries,
-                db_backoff,
-                log,
+        while (
+            outcome := with_retries(
+                lambda: step(run, study, objective, bar=bar, state=state, log=log), run, log
             )
-            if outcome == "converged":
-                state.stopped_early = True
-            if outcome is not None:
-                break
+        ) is None:
+            pass
+        state.stopped_early = outcome == "converged"
         bar.close()
-        recs = _with_retries(lambda: st.records(study), storage, db_retries, db_backoff, log)
+        recs = with_retries(lambda: st.records(study), run, log)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return finish(
-        study,
-        recs,
-        searcher,
-        evaluator,
-        budget,
-        storage,
-        out_dir,
+    result = SearchResult(
+        summary_of(study, recs, run.storage),
+        None,
+        None,
         state.stopped_early,
-        st.count(recs) - done0,
+        count(recs) - done0,
         state.recovered,
     )
-
-
-@dataclass
-class _LoopState:
-    recovered: list[int] = field(default_factory=list)
-    rejected_in_a_row: int = 0
-    stopped_early: bool = False
-
-
-def _step(
-    study, searcher: Searcher, objective, trials: int, budget: int, bar, state: _LoopState, log
-) -> str | None:
-    """One iteration: recover dead workers' trials, stop if done, propose, run one trial."""
-    failed = st.fail_dead_trials(study)
-    if failed:
-        state.recovered += failed
-        log(f"trials {failed} were left running by a dead worker: marked failed, queued once more")
-    recs = st.records(study)
-    done = st.count(recs)
-    bar.n = min(done, trials)
-    best = best_record(recs, budget)
-    if best is not None:
-        bar.set_postfix(best=f"{best.error:.4g}", refused=st.count(recs, REJECTED))
-    bar.refresh()
-    if done >= trials:
-        return "done"
-    if done + st.count(recs, RUNNING) >= trials:
-        # Other workers are finishing the last trials: wait for them rather than overshoot N
-        # (a trial of theirs that fails is failed, requeued and picked up here).
-        time.sleep(POLL_SECONDS)
-        return None
-    if searcher.finished(recs):
-        log(f"{searcher.name}: converged after {done} evaluated plans")
-        return "converged"
-    if state.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
-        raise QPrunerError(
-            f"{searcher.name}: {state.rejected_in_a_row} plans in a row were over budget; raise the budget"
-        )
-    # A plan queued by any worker (or a retry) is run first; otherwise this worker proposes one,
-    # registering it in the study before its fine-tune starts.
-    if not any(r.status == "waiting" for r in recs):
-        proposal = searcher.propose(recs)
-        if proposal is not None:
-            attrs = {"proposed_by": proposal.proposed_by}
-            if proposal.predicted_error is not None:
-                attrs["predicted_error"] = float(proposal.predicted_error)
-            study.enqueue_trial(proposal.choices, user_attrs=attrs, skip_if_exists=False)
-    n_before = max((r.number for r in recs), default=-1)
-    study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number > n_before]
-    rejected = any(t.user_attrs.get("status") == REJECTED for t in mine)
-    state.rejected_in_a_row = state.rejected_in_a_row + 1 if rejected else 0
-    return None
-
-
-def _with_retries(fn, storage: str, retries: int, backoff: float, log):
-    """Run ``fn``; on a dropped database connection retry with exponential back-off, then give up.
-
-    Giving up is a one-line error: every finished trial is already stored (each is its own
-    transaction), a trial cut off mid-way is failed and requeued by the next worker (or by
-    this one on ``--resume``), so the study stays consistent.
-    """
-    import sqlalchemy.exc
-    from optuna.exceptions import StorageInternalError
-
-    def database_error(exc: BaseException | None) -> BaseException | None:
-        # optuna may raise its own error while handling a dropped connection (e.g. an
-        # UnboundLocalError in its trial bookkeeping): look down the chain for the cause.
-        seen = 0
-        while exc is not None and seen < 10:
-            if isinstance(exc, sqlalchemy.exc.DBAPIError | StorageInternalError):
-                return exc
-            exc, seen = exc.__cause__ or exc.__context__, seen + 1
-        return None
-
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as raised:
-            exc = database_error(raised)
-            if exc is None:
-                raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            if attempt == retries:
-                raise QPrunerError(
-                    f"lost the database at {st.mask_url(storage)} ({first}); gave up after {retries} "
-                    "retries. Finished trials are stored: rerun with --resume once it is back"
-                ) from raised
-            wait = backoff * 2**attempt
-            log(f"database connection failed ({first}); retry {attempt + 1}/{retries} in {wait:.1f}s")
-            time.sleep(wait)
+    return finish(result, run, study_name=study.study_name, out_dir=out_dir)
 
 
 def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:
     """Everything the report needs, from the study alone (no worker's files)."""
     ident = study.user_attrs.get(st.IDENTITY_ATTR, {})
     budget = ident.get("budget")
-    best = best_record(recs, budget) if budget is not None else None
+    best = choose_trial(recs, budget) if budget is not None else None
     metric = (ident.get("evaluator") or {}).get("metric_name", "error")
     extra = {k: v for k, v in study.user_attrs.items() if k != st.IDENTITY_ATTR}
     extra["space"] = ident.get("space")
@@ -309,34 +177,36 @@ def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:
     )
 
 
-def finish(study, recs, searcher, evaluator, budget, storage, out_dir, stopped_early, new, recovered):
-    summary = summary_of(study, recs, storage)
-    if hasattr(evaluator, "metric"):
-        summary.metric = evaluator.metric
-    best = next((r for r in recs if r.number == summary.chosen), None)
-    plan = None
+def finish(
+    result: SearchResult, run: SearchRun, *, study_name: str, out_dir: str | Path | None
+) -> SearchResult:
+    """The chosen plan (with where it came from) and, given ``out_dir``, every output file."""
+    summary = result.summary
+    if hasattr(run.evaluator, "metric"):
+        summary.metric = run.evaluator.metric
+    best = summary.chosen_trial
     if best is not None and best.plan is not None:
-        plan = Plan.from_dict(best.plan)
-        plan.metadata = {
+        result.plan = Plan.from_dict(best.plan)
+        result.plan.metadata = {
             "search": {
-                "method": searcher.name,
+                "method": run.searcher.name,
                 "trial": best.number,
                 "error": best.error,
                 "metric": summary.metric,
-                "study": study.study_name,
-                "budget": budget,
+                "study": study_name,
+                "budget": run.budget,
             }
         }
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    if out_dir is not None:
+        out = result.out_dir = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / (SUMMARY_FILE + ".tmp")
         tmp.write_text(json.dumps(summary.to_dict(), indent=1, default=str))
         tmp.replace(out / SUMMARY_FILE)
-        if plan is not None:
-            plan.save(out / PLAN_FILE)
+        if result.plan is not None:
+            result.plan.save(out / PLAN_FILE)
         write_report(summary, out)
-    return SearchResult(summary, plan, out, stopped_early, new, recovered)
+    return result
 
 
 def load_summary(storage: str, study_name: str | None = None) -> SearchSummary:

@@ -219,7 +219,7 @@ class SearchSpace:
 
     def check_budget(self, budget: int) -> None:
         """Refuse, before any training, a budget that even the cheapest plan exceeds."""
-        from qpruner.eval.size import format_bytes
+        from qpruner.units import format_bytes
 
         low = self.memory(self.cheapest())
         if low > budget:

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 
 from qpruner.errors import QPrunerError
-from qpruner.search.records import EVALUATED, FAILED, REJECTED, RUNNING, TrialRecord
+from qpruner.search.records import Status, TrialRecord
 
 IDENTITY_ATTR = "qpruner"
 WORKER_ATTR = "worker"
@@ -103,7 +103,7 @@ def _fast_sqlite(engine) -> None:
     engine.dispose()  # connections opened while optuna created its tables reconnect with the pragmas
 
 
-def open_study(storage, name: str, identity: dict, resume: bool, sampler=None):
+def open_study(storage, name: str, identity: dict, *, resume: bool, sampler=None):
     """Create ``name`` or, with ``resume``, continue it if its identity matches."""
     import optuna
 
@@ -201,22 +201,23 @@ def record_of(trial) -> TrialRecord:
 
     s = optuna.trial.TrialState
     a = trial.user_attrs
+    # The stored strings are the enum's values, whichever version wrote them.
     if trial.state == s.COMPLETE:
-        status = a.get("status", EVALUATED)
+        status = Status(a.get("status", Status.EVALUATED))
     elif trial.state == s.PRUNED:
-        status = a.get("status", "pruned")  # refused before any evaluation, or a duplicate
+        status = Status(a.get("status", Status.PRUNED))  # refused before any evaluation, or a duplicate
     elif trial.state == s.RUNNING:
-        status = RUNNING
+        status = Status.RUNNING
     elif trial.state == s.WAITING:
-        status = "waiting"
+        status = Status.WAITING
     else:
-        status = FAILED
+        status = Status.FAILED
     params = dict(trial.params) or {k: int(v) for k, v in (a.get("fixed_params") or {}).items()}
     return TrialRecord(
         number=trial.number,
         status=status,
         params={k: int(v) for k, v in params.items()},
-        error=a.get("error") if status == EVALUATED else None,
+        error=a.get("error") if status == Status.EVALUATED else None,
         memory_predicted=a.get("memory_predicted"),
         memory_measured=a.get("memory_measured"),
         predicted_error=a.get("predicted_error"),
@@ -239,8 +240,4 @@ def records(study) -> list[TrialRecord]:
     return out
 
 
-def count(recs: list[TrialRecord], status: str = EVALUATED) -> int:
-    return sum(r.status == status for r in recs)
-
-
-__all__ = ["EVALUATED", "FAILED", "REJECTED", "RUNNING", "open_study", "make_storage", "records"]
+__all__ = ["make_storage", "open_study", "record_of", "records"]

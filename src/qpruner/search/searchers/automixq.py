@@ -31,6 +31,7 @@ def surrogate_front(
     space: SearchSpace,
     model: PerformanceModel,
     budget: int,
+    *,
     seed: int,
     population: int,
     generations: int,
@@ -118,8 +119,15 @@ class AutoMixQSearcher(Searcher):
         seen = self.seen(records)
         ev = sorted(evaluated(records), key=lambda r: r.error)
         starts = [r.params for r in ev[: self.population // 2]]
-        cands = surrogate_front(self.space, model, self.budget, self.seed + len(records), self.population,
-                                self.generations, starts)  # fmt: skip
+        cands = surrogate_front(
+            self.space,
+            model,
+            self.budget,
+            seed=self.seed + len(records),
+            population=self.population,
+            generations=self.generations,
+            starts=starts,
+        )
         cands = [c for c in cands if self.space.key(c[0]) not in seen]
         if not cands:
             return Proposal(self._random(records), "random (model front exhausted)")

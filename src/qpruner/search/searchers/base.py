@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpruner.errors import QPrunerError
-from qpruner.search.records import REJECTED, TrialRecord
+from qpruner.search.records import Status, TrialRecord
 from qpruner.search.space import InfeasibleBudget, SearchSpace
 
 
@@ -65,13 +65,14 @@ class Searcher:
         return {
             self.space.key(r.params)
             for r in records
-            if self.space.complete(r.params) and r.status != REJECTED
+            if self.space.complete(r.params) and r.status != Status.REJECTED
         }
 
     def random_feasible(
         self,
         rng: np.random.Generator,
         seen: set[tuple[int, ...]],
+        *,
         n: int = 1,
         accept: Callable[[dict[str, int]], bool] | None = None,
         tries: int = 20_000,

@@ -1,7 +1,7 @@
 """QPruner (Zhou et al., NAACL Findings 2025): bits from layer importance, refined by Bayesian optimisation.
 
 1. Each layer's importance to the task (mutual information between its output and the
-   model's prediction on calibration data, or Taylor; :mod:`qpruner.search.importance`).
+   model's prediction on calibration data, or Taylor; :mod:`qpruner.search.layer_importance`).
 2. An initial allocation meeting the budget, greedy: every layer starts at the fewest bits,
    then level by level the most important layers are raised first while the plan fits.
 3. Bayesian optimisation seeded with that allocation: optuna's ``GPSampler`` (a Gaussian

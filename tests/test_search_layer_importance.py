@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import VOCAB, make_model
 
+import qpruner.search.layer_importance as importance
 from qpruner.errors import QPrunerError
-from qpruner.search import importance
-from qpruner.search.importance import layer_importance, mutual_information
+from qpruner.search.layer_importance import layer_importance, mutual_information
 
 
 def _samples(seed: int = 0) -> torch.Tensor:

@@ -34,7 +34,7 @@ MAX_TOKENS = 4096  # contributions kept per layer (seeded subsample): bounds mem
 PROJ_DIM = 32
 
 
-def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15) -> torch.Tensor:
+def _kmeans(x: torch.Tensor, k: int, gen: torch.Generator, *, iters: int = 15) -> torch.Tensor:
     """Cluster labels of the rows of ``x`` (k-means++ seeding, Lloyd iterations)."""
     n = x.shape[0]
     k = min(k, n)
@@ -69,7 +69,7 @@ def mutual_information(x: torch.Tensor, y: torch.Tensor) -> float:
     return max(0.0, mi)
 
 
-def _batches(samples: torch.Tensor, micro_batch: int, desc: str, progress: bool):
+def _batches(samples: torch.Tensor, micro_batch: int, desc: str, *, progress: bool):
     n = (samples.shape[0] + micro_batch - 1) // micro_batch
     for b in tqdm(range(n), desc=desc, disable=not progress, leave=False):
         yield samples[b * micro_batch : (b + 1) * micro_batch]
@@ -78,6 +78,7 @@ def _batches(samples: torch.Tensor, micro_batch: int, desc: str, progress: bool)
 def _mi_scores(
     model: nn.Module,
     samples: torch.Tensor,
+    *,
     n_clusters: int,
     n_classes: int,
     seed: int,
@@ -107,7 +108,7 @@ def _mi_scores(
     preds = []
     try:
         with torch.no_grad():
-            for b, mb in enumerate(_batches(samples, micro_batch, "importance (mi)", progress)):
+            for b, mb in enumerate(_batches(samples, micro_batch, "importance (mi)", progress=progress)):
                 start = b * micro_batch * seq_len
                 in_batch = keep[(keep >= start) & (keep < start + mb.numel())]
                 rows = in_batch - start
@@ -130,7 +131,9 @@ def _mi_scores(
     return scores
 
 
-def _taylor_scores(model: nn.Module, samples: torch.Tensor, micro_batch: int, progress: bool) -> list[float]:
+def _taylor_scores(
+    model: nn.Module, samples: torch.Tensor, *, micro_batch: int, progress: bool
+) -> list[float]:
     from qpruner.prune.gradients import SCORED_MODULES, accumulate_gradients
 
     layers = decoder_layers(model)
@@ -175,7 +178,8 @@ def layer_importance(
     model.eval()
     try:
         if method == "mi":
-            return _mi_scores(model, samples, n_clusters, n_classes, seed, micro_batch, progress)
-        return _taylor_scores(model, samples, micro_batch, progress)
+            return _mi_scores(model, samples, n_clusters=n_clusters, n_classes=n_classes, seed=seed,
+                              micro_batch=micro_batch, progress=progress)  # fmt: skip
+        return _taylor_scores(model, samples, micro_batch=micro_batch, progress=progress)
     finally:
         model.train(was_training)
