@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 
 from qpruner.cli import main
 from qpruner.errors import QPrunerError
-from qpruner.eval.zeroshot import BUILTIN_TASK_DIR, TaskScore, format_scores, zero_shot
+from qpruner.eval.zeroshot import BUILTIN_TASK_DIR, TaskScore, format_scores, sample_indices, zero_shot
 
 TASK = "toy_cloze"
 N_DOCS = 8
@@ -84,6 +84,34 @@ def test_rigged_model_scores_exactly(task_dir, tokenizer, word, expected):
     assert s.acc_stderr == 0.0 and s.acc_norm_stderr == 0.0
 
 
+def test_limit_scores_a_fixed_seeded_sample_not_the_first_items(tmp_path, tokenizer):
+    """Items 0-3 are answerable by the rigged model, 4-11 are not: the score reveals which were scored."""
+    rows = [{"context": "the cat sees", "choices": [RIGHT, "river"], "label": int(i >= 4)} for i in range(12)]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "s" / "s.yaml").write_text(
+        "task: seeded_toy\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: items.jsonl\n"
+        'output_type: multiple_choice\ntest_split: test\ndoc_to_text: "{{context}}"\n'
+        'doc_to_target: "{{label}}"\ndoc_to_choice: "{{choices}}"\nmetric_list:\n  - metric: acc\n'
+    )
+    picked = sample_indices(12, 5, seed=7, task="seeded_toy")
+    assert picked == sorted(set(picked)) and len(picked) == 5 and picked != [0, 1, 2, 3, 4]
+    assert picked == sample_indices(12, 5, seed=7, task="seeded_toy")  # fixed
+    assert picked != sample_indices(12, 5, seed=8, task="seeded_toy")
+    assert sample_indices(12, 20, seed=7) == list(range(12))
+
+    def score(seed: int) -> TaskScore:
+        return zero_shot(
+            _rigged(RIGHT), tokenizer, ["seeded_toy"], task_dir=tmp_path, limit=5, seed=seed, progress=False
+        )["seeded_toy"]
+
+    s = score(7)
+    assert s.samples == 5 and s.acc == pytest.approx(sum(i < 4 for i in picked) / 5)
+    assert s.acc_stderr is not None
+    other = sample_indices(12, 5, seed=8, task="seeded_toy")
+    assert score(8).acc == pytest.approx(sum(i < 4 for i in other) / 5)
+
+
 def test_peft_model_runs_in_memory_and_matches_its_base(task_dir, tokenizer):
     from peft import LoraConfig, get_peft_model
 
@@ -145,12 +173,14 @@ def test_table_shows_both_metrics_and_missing_acc_norm():
         {
             "a": TaskScore("a", 10, 0.5, 0.1, 0.6, 0.1),
             "b": TaskScore("b", 4, 0.25, None, None, None),
+            "c": TaskScore("c", 4, 0.75, 0.2, None, None, other={"perplexity": 12.5, "perplexity_stderr": 1}),
         }
     )
-    header, row_a, row_b = table.splitlines()[:3]
+    header, row_a, row_b, row_c = table.splitlines()[:4]
     assert "acc %" in header and "acc_norm %" in header
     assert "50.00" in row_a and "60.00" in row_a
     assert "25.00" in row_b and row_b.rstrip().endswith("n/a")
+    assert row_c.rstrip().endswith("perplexity 12.500 ± 1.000")
 
 
 def test_cli_eval_with_tasks_end_to_end(model_dir, task_dir, tmp_path, capsys):
