@@ -119,31 +119,35 @@ class FinetuneEvaluator:
                 "memory_predicted": trained.predicted.to_dict(),
                 "memory_measured": trained.measured.to_dict(),
             }
-            if self._eval_ids is not None:
-                from qpruner.eval.perplexity import perplexity
-
-                res = perplexity(
-                    model,
-                    self._eval_ids,
-                    ctx_len=self.ctx_len,
-                    max_tokens=self.eval_max_tokens,
-                    progress=False,
-                )
-                metrics["ppl"] = error = res.ppl
-            else:
-                from qpruner.eval.zeroshot import zero_shot
-
-                scores = zero_shot(
-                    model, self._tokenizer, [self.metric_name], self.task_dir, self.task_limit, progress=False
-                )
-                score = scores[self.metric_name]
-                if score.acc is None:
-                    raise QPrunerError(f"task {self.metric_name} has no acc; choose a multiple-choice task")
-                metrics["acc"], metrics["acc_norm"] = score.acc, score.acc_norm
-                error = 1.0 - score.acc
+            error = self._score(model, metrics)
             metrics["seconds"] = time.perf_counter() - t0
             return Evaluation(float(error), int(trained.measured.total), metrics)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def _score(self, model, metrics: dict) -> float:
+        """The trial's error, measured by the one evaluation path every report uses."""
+        from qpruner.eval.evaluate import EvalConfig, evaluate_model
+
+        on_text = self._eval_ids is not None
+        cfg = EvalConfig(
+            ctx_len=self.ctx_len,
+            max_tokens=self.eval_max_tokens,
+            tasks=[] if on_text else [self.metric_name],
+            task_dir=self.task_dir,
+            limit=self.task_limit,
+            progress=False,
+        )
+        scores = evaluate_model(
+            model, self._tokenizer, cfg, tokens={"eval": self._eval_ids} if on_text else None
+        )
+        if on_text:
+            metrics["ppl"] = scores.ppl["eval"].ppl
+            return metrics["ppl"]
+        score = scores.zeroshot[self.metric_name]
+        if score.acc is None:
+            raise QPrunerError(f"task {self.metric_name} has no acc; choose a multiple-choice task")
+        metrics["acc"], metrics["acc_norm"] = score.acc, score.acc_norm
+        return 1.0 - score.acc
