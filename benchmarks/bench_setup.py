@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from qpruner.checkpoint import load_tokenizer
-from qpruner.loader import load_model
 from qpruner.data_sources import load_tokens
-from qpruner.eval.perplexity import perplexity
+from qpruner.eval.evaluate import EvalConfig, ModelScores, evaluate_model
+from qpruner.loader import load_model
 from qpruner.reference import TEST_FILE, ReferenceResult, build_reference
 
 
@@ -26,12 +26,13 @@ class ReferenceSetup:
     ctx: int
     test_ids: torch.Tensor
 
+    def scores(self, model: torch.nn.Module, tasks: list[str] = (), limit: int | None = None) -> ModelScores:
+        """Test perplexity (windows of the model's context, non-overlapping) and ``tasks``."""
+        cfg = EvalConfig(ctx_len=self.ctx, tasks=list(tasks), limit=limit, progress=False)
+        return evaluate_model(model, self.tokenizer, cfg, tokens={"test": self.test_ids})
+
     def ppl(self, model: torch.nn.Module) -> float:
-        """Test perplexity, windows of the model's context, non-overlapping."""
-        model.eval()
-        return perplexity(
-            model, self.test_ids, ctx_len=self.ctx, stride=self.ctx, batch_size=8, progress=False
-        ).ppl
+        return self.scores(model).ppl["test"].ppl
 
 
 def reference_setup(max_eval_tokens: int | None) -> ReferenceSetup:

@@ -25,8 +25,8 @@ from bench_setup import reference_setup, write_results
 
 from qpruner import Plan, TrainConfig, apply_plan, finetune
 from qpruner.checkpoint import save_pruned
-from qpruner.loader import load_model
 from qpruner.eval.size import model_size
+from qpruner.loader import load_model
 from qpruner.plan_sources import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
 from qpruner.reference import TRAIN_FILE

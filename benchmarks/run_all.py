@@ -28,7 +28,6 @@ from bench_setup import reference_setup, write_results
 from qpruner import TrainConfig, finetune
 from qpruner.checkpoint import save_pruned
 from qpruner.eval.size import model_size
-from qpruner.eval.zeroshot import zero_shot
 from qpruner.loader import load_model
 from qpruner.plan_sources import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
@@ -68,12 +67,11 @@ def main() -> None:
     corpus, tok, dense = bench.corpus, bench.tokenizer, bench.dense
 
     def evaluate(model) -> dict:
-        model.eval()
         t0 = time.perf_counter()
-        ppl = bench.ppl(model)
-        score = zero_shot(model, tok, [TASK], limit=args.task_limit, progress=False)[TASK]
+        scores = bench.scores(model, [TASK], args.task_limit)
+        score = scores.zeroshot[TASK]
         return dict(
-            ppl=ppl,
+            ppl=scores.ppl["test"].ppl,
             task_acc=score.acc,
             task_acc_norm=score.acc_norm,
             task_samples=score.samples,

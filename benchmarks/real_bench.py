@@ -1,0 +1,320 @@
+"""The papers' comparison on a real pretrained model: SmolLM2-135M pruned, then recovered every way.
+
+Rows (at each pruning ratio): dense, pruned (no recovery), LoRA on the unquantized pruned model,
+QLoRA NF4, LoftQ NF4, int8 + LoRA, and the QPruner, AutoMixQ, RankAdaptor and joint plans, each
+searched under the QLoRA NF4 row's predicted fine-tuning memory (equal memory) and then
+recovered with exactly the uniform rows' training tokens. Columns: WikiText-2 test perplexity,
+each zero-shot task's accuracy and their average (a fixed, seeded sample of items per task on
+CPU), the share of the pruned -> dense gap recovered, fine-tuning memory predicted and measured,
+weight MiB, trainable parameters, evaluations and wall time.
+
+Plans are selected on WikiText-2 ``valid.txt`` (the recovery text), never on the test text or
+the task items the table reports. Every row is written to the JSON file as soon as it is done
+and skipped when the file already has it, so the table can be built across several runs
+(rerunning with other settings is refused; use another ``--out``).
+
+    python benchmarks/real_bench.py --quick      # <= 20 min on 2 CPU cores: 20 % only, short
+    python benchmarks/real_bench.py              # the full table (hours on 2 CPU cores)
+    python benchmarks/real_bench.py --table      # print the table from the JSON, run nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from qpruner import EvalConfig, PlanSource, PruneConfig, TrainConfig, evaluate_model, finetune
+from qpruner.checkpoint import load_tokenizer
+from qpruner.loader import load_model
+from qpruner.models.catalog import fetch_model
+from qpruner.prune.workflow import prune_checkpoint
+from qpruner.reference import resolve_corpus
+from qpruner.search import SearchConfig, search_model
+from qpruner.search.recipe import trial_training
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "real_bench.json"
+TASKS = ("boolq", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa", "copa", "lambada")
+UNIFORM = (  # (row, plan source, LoftQ)
+    ("LoRA", PlanSource(bits=16), False),
+    ("QLoRA NF4", PlanSource(bits=4), False),
+    ("LoftQ NF4", PlanSource(bits=4), True),
+    ("int8 + LoRA", PlanSource(bits=8), False),
+)
+SEARCHED = (
+    ("QPruner", "qpruner", "bits"),
+    ("AutoMixQ", "automixq", "bits"),
+    ("RankAdaptor", "rankadaptor", "ranks"),
+    ("joint", "joint", "joint"),
+)
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="<= 20 min: ratio 0.2, short runs")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--ratios", default="0.2,0.5")
+    ap.add_argument("--layer-start", type=int, default=3)
+    ap.add_argument("--layer-end", type=int, default=-2)
+    ap.add_argument("--steps", type=int, default=150, help="recovery optimizer steps (8 x 256 tokens each)")
+    ap.add_argument("--ppl-tokens", type=int, default=40_000)
+    ap.add_argument("--limit", type=int, default=200, help="items per task (a fixed seeded sample)")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--task-data", default=str(ROOT.parent.parent / "shared" / "data" / "zeroshot"))
+    ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    ap.add_argument("--search-trials", type=int, default=12)
+    ap.add_argument("--search-steps", type=int, default=20)
+    ap.add_argument("--work", default=str(ROOT / "out" / "real_bench"))
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--table", action="store_true", help="print the table from --out and stop")
+    args = ap.parse_args()
+    if args.quick:
+        args.ratios, args.steps, args.ppl_tokens, args.limit = "0.2", 30, 20_000, 60
+        args.search_trials, args.search_steps = 4, 5
+        args.tasks = "piqa,arc_easy,winogrande,copa"
+        if args.out == str(RESULTS):
+            args.out = str(ROOT / "results" / "real_bench_quick.json")
+        args.work += "_quick"
+    return args
+
+
+class Rows:
+    """The JSON file of finished rows; a row is written the moment it is done (atomic rename)."""
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        self.path, self.settings = path, settings
+        self.data = {"settings": settings, "rows": {}}
+        if path.is_file():
+            earlier = json.loads(path.read_text())
+            if earlier.get("settings") != settings:
+                raise SystemExit(f"{path} was made with other settings; use another --out")
+            self.data = earlier
+
+    def get(self, key: str) -> dict | None:
+        return self.data["rows"].get(key)
+
+    def put(self, key: str, row: dict) -> dict:
+        self.data["rows"][key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        tmp.replace(self.path)
+        return row
+
+
+def evaluate(model, tokenizer, args: argparse.Namespace, corpus: Path) -> dict:
+    t0 = time.perf_counter()
+    cfg = EvalConfig(
+        ppl_sources=[str(corpus / "test.txt")],
+        ctx_len=512,
+        max_tokens=args.ppl_tokens,
+        tasks=args.tasks.split(","),
+        task_data=args.task_data,
+        limit=args.limit,
+        progress=False,
+    )
+    scores = evaluate_model(model, tokenizer, cfg)
+    tasks = {
+        k: {"acc": v.acc, "acc_norm": v.acc_norm, "stderr": v.acc_stderr, "n": v.samples}
+        for k, v in scores.zeroshot.items()
+        if k in cfg.tasks
+    }
+    avg = sum(t["acc"] for t in tasks.values()) / max(1, len(tasks))
+    ppl = next(iter(scores.ppl.values()))
+    return dict(
+        ppl=ppl.ppl,
+        ppl_tokens=ppl.tokens,
+        tasks=tasks,
+        task_avg=avg,
+        params=scores.size.params,
+        weight_mib=scores.size.weight_bytes / 2**20,
+        eval_seconds=time.perf_counter() - t0,
+    )
+
+
+def train_config(steps: int) -> TrainConfig:
+    return TrainConfig(
+        steps=steps,
+        batch_size=8,
+        micro_batch=4,
+        lr=5e-4,
+        warmup_steps=max(1, steps // 10),
+        cutoff_len=256,
+        save_every=max(1, steps // 3),
+    )
+
+
+def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str) -> dict:
+    """Recover ``pruned`` per ``plan`` on valid.txt (same tokens for every row) and evaluate it."""
+    t0 = time.perf_counter()
+    res = finetune(
+        pruned,
+        ctx["corpus"] / "valid.txt",
+        Path(args.work) / name,
+        plan=plan,
+        train_config=train_config(args.steps),
+        loftq=loftq,
+        resume=True,
+        export=False,
+        progress=False,
+    )
+    train_s = time.perf_counter() - t0
+    row = evaluate(load_model(res.out_dir), ctx["tokenizer"], args, ctx["corpus"])
+    return row | dict(
+        memory_predicted=res.predicted.total,
+        memory_measured=res.measured.total,
+        trainable_params=res.trainable_params,
+        tokens_per_second=res.train.tokens_per_second,
+        train_seconds=train_s,
+        bits_per_layer=res.plan.bits_per_layer(),
+        ranks=[lp.lora_rank for lp in res.plan.layers],
+    )
+
+
+def search(pruned: Path, method: str, space: str, *, budget: int, args, ctx: dict, name: str):
+    cfg = SearchConfig(
+        method=method,
+        memory_budget=budget,
+        space=space,
+        bits=(2, 3, 4, 8, 16),
+        ranks=(2, 4, 8, 16),
+        trials=args.search_trials,
+        # Trials price memory at the recovery's batch shape, so the budget means the same thing.
+        train=replace(trial_training(args.search_steps, micro_batch=4), cutoff_len=256),
+        train_data=str(ctx["corpus"] / "valid.txt"),
+        eval_data=str(ctx["corpus"] / "valid.txt"),  # selection never sees test.txt or task items
+        calib_data=str(ctx["corpus"] / "valid.txt"),
+    )
+    found = search_model(pruned, cfg, Path(args.work) / f"search-{name}", resume=True, progress=False)
+    if found.plan is None:
+        raise RuntimeError(f"{method}: no plan within the budget")
+    return found.plan, len(found.summary.records)
+
+
+def gap_recovered(row: dict, pruned: dict, dense: dict) -> dict:
+    """Share of the pruned -> dense gap won back: perplexity in log space, task average as is."""
+    import math
+
+    lp, lr, ld = (math.log(r["ppl"]) for r in (pruned, row, dense))
+    out = {"ppl_gap_recovered": (lp - lr) / (lp - ld) if lp != ld else None}
+    span = dense["task_avg"] - pruned["task_avg"]
+    out["task_gap_recovered"] = (row["task_avg"] - pruned["task_avg"]) / span if abs(span) > 1e-9 else None
+    return out
+
+
+def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
+    """Prune at ``ratio``, then every recovery row; each row is skipped when already stored."""
+    pruned_dir = Path(args.work) / f"pruned-{ratio}"
+    key = f"{ratio}/pruned"
+    if rows.get(key) is None and wanted("pruned"):
+        t0 = time.perf_counter()
+        cfg = PruneConfig(ratio=ratio, layer_start=args.layer_start, layer_end=args.layer_end)
+        prune_checkpoint(
+            ctx["model"], pruned_dir, cfg, str(ctx["corpus"] / "valid.txt"), overwrite=True, progress=False
+        )
+        row = evaluate(load_model(pruned_dir), ctx["tokenizer"], args, ctx["corpus"])
+        rows.put(key, row | {"wall_seconds": time.perf_counter() - t0})
+        print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
+    for name, source, loftq in UNIFORM:
+        key = f"{ratio}/{name}"
+        if rows.get(key) is None and wanted(name):
+            t0 = time.perf_counter()
+            row = recover(pruned_dir, source, loftq=loftq, args=args, ctx=ctx, name=key.replace(" ", "_"))
+            rows.put(key, row | {"evaluations": 1, "wall_seconds": time.perf_counter() - t0})
+            print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
+    base = rows.get(f"{ratio}/QLoRA NF4")
+    for name, method, space in SEARCHED:
+        key = f"{ratio}/{name}"
+        if rows.get(key) is not None or not wanted(name):
+            continue
+        if base is None:
+            print(f"{key}: skipped, the QLoRA NF4 row (its memory budget) is not done yet")
+            continue
+        t0 = time.perf_counter()
+        plan, n = search(
+            pruned_dir,
+            method,
+            space,
+            budget=base["memory_predicted"],
+            args=args,
+            ctx=ctx,
+            name=key.replace("/", "-"),
+        )
+        searched_s = time.perf_counter() - t0
+        row = recover(pruned_dir, plan, loftq=False, args=args, ctx=ctx, name=key.replace(" ", "_"))
+        rows.put(
+            key,
+            row | {"evaluations": n, "search_seconds": searched_s, "wall_seconds": time.perf_counter() - t0},
+        )
+        print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f} ({n} trials)", flush=True)
+
+
+def table(data: dict) -> str:
+    rows = data["rows"]
+    tasks = list(data["settings"]["tasks"].split(","))
+    dense = rows.get("dense")
+    head = (
+        ["ratio", "row", "ppl"]
+        + tasks
+        + ["avg", "gap rec. (ppl/avg)", "mem pred/meas MiB", "weights MiB", "trainable", "evals", "wall s"]
+    )
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, r in rows.items():
+        ratio, _, name = key.rpartition("/")
+        pruned = rows.get(f"{ratio}/pruned")
+        gap = gap_recovered(r, pruned, dense) if dense and pruned and key not in ("dense",) else {}
+        cells = [ratio or "0", name, f"{r['ppl']:.2f}"]
+        cells += [
+            f"{100 * r['tasks'][t]['acc']:.1f} ± {100 * (r['tasks'][t]['stderr'] or 0):.1f}"
+            if t in r["tasks"]
+            else ""
+            for t in tasks
+        ]
+        cells.append(f"{100 * r['task_avg']:.1f}")
+        g1, g2 = gap.get("ppl_gap_recovered"), gap.get("task_gap_recovered")
+        cells.append(
+            "" if g1 is None else f"{100 * g1:.0f}% / " + ("n/a" if g2 is None else f"{100 * g2:.0f}%")
+        )
+        mp, mm = r.get("memory_predicted"), r.get("memory_measured")
+        cells.append(f"{mp / 2**20:.0f} / {mm / 2**20:.0f}" if mp else "")
+        cells += [
+            f"{r['weight_mib']:.1f}",
+            f"{r.get('trainable_params', 0):,}",
+            str(r.get("evaluations", "")),
+            f"{r.get('wall_seconds', r['eval_seconds']):.0f}",
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    args = parse_args()
+    settings = {k: v for k, v in vars(args).items() if k not in ("rows", "table", "out", "work")}
+    rows = Rows(Path(args.out), settings)
+    if args.table:
+        print(table(rows.data))
+        return
+    wanted_rows = set(filter(None, args.rows.split(",")))
+
+    def wanted(name: str) -> bool:
+        return not wanted_rows or name in wanted_rows
+
+    model = fetch_model(args.model) if not Path(args.model).exists() else Path(args.model)
+    ctx = {"model": str(model), "corpus": resolve_corpus(fallback=False), "tokenizer": load_tokenizer(model)}
+    t_start = time.perf_counter()
+    if rows.get("dense") is None and wanted("dense"):
+        t0 = time.perf_counter()
+        row = evaluate(load_model(model), ctx["tokenizer"], args, ctx["corpus"])
+        rows.put("dense", row | {"wall_seconds": time.perf_counter() - t0})
+        print(f"dense: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
+    for ratio in (float(r) for r in args.ratios.split(",")):
+        run_ratio(ratio, rows, args=args, ctx=ctx, wanted=wanted)
+    print(f"\n{time.perf_counter() - t_start:.0f} s this run; table ({args.out}):\n")
+    print(table(rows.data))
+
+
+if __name__ == "__main__":
+    main()
