@@ -31,7 +31,8 @@ import postgres_server  # noqa: E402
 import torch  # noqa: E402
 from search_helpers import SyntheticEvaluator, budget_between, make_space  # noqa: E402
 
-from qpruner.search.run import SearchRun, run_search  # noqa: E402
+from qpruner.search.run import run_search  # noqa: E402
+from qpruner.search.search_run import SearchRun  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "distributed_bench.json"
 

@@ -34,7 +34,8 @@ from qpruner.search.from_model import SearchConfig, build_space, importance_sour
 from qpruner.search.pareto import hypervolume
 from qpruner.search.recipe import trial_training
 from qpruner.search.records import evaluated
-from qpruner.search.run import SearchRun, run_search
+from qpruner.search.run import run_search
+from qpruner.search.search_run import SearchRun
 
 RESULTS = Path(__file__).parent / "results" / "search_bench.json"
 #: (label, method, space)

@@ -108,7 +108,8 @@ def worker(
     import sys
 
     from qpruner.errors import QPrunerError
-    from qpruner.search.run import SearchRun, run_search
+    from qpruner.search.run import run_search
+    from qpruner.search.search_run import SearchRun
 
     space = make_space("joint", layers)
     opts = {"n_initial": 2, "population": 8, "generations": 2} if method in ("automixq", "joint") else {}

@@ -10,7 +10,8 @@ from search_helpers import SyntheticEvaluator, budget_between, make_space
 
 from qpruner.search.records import Status, TrialRecord, choose_trial
 from qpruner.search.report import SearchSummary
-from qpruner.search.run import SearchRun, load_summary, run_search
+from qpruner.search.run import load_summary, run_search
+from qpruner.search.search_run import SearchRun
 
 MIB = 2**20
 

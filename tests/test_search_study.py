@@ -15,7 +15,8 @@ import pytest
 from search_helpers import SyntheticEvaluator, budget_between, make_space
 
 from qpruner.errors import QPrunerError
-from qpruner.search.run import SearchRun, load_summary, run_search
+from qpruner.search.run import load_summary, run_search
+from qpruner.search.search_run import SearchRun
 from qpruner.search.study import make_storage, mask_url
 
 LAYERS = 4
@@ -75,7 +76,8 @@ SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from search_helpers import SyntheticEvaluator, budget_between, make_space
-from qpruner.search.run import SearchRun, run_search
+from qpruner.search.run import run_search
+from qpruner.search.search_run import SearchRun
 space = make_space("joint", {layers})
 ev = SyntheticEvaluator({layers}, hang_at=3, marker={marker!r})
 run = SearchRun(space=space, evaluator=ev, budget=budget_between(space, 0.5), storage={url!r},

@@ -148,7 +148,8 @@ def test_a_dropped_database_ends_the_worker_cleanly(pg, tmp_path):
 
 
 def test_one_line_errors_before_any_training(pg):
-    from qpruner.search.run import SearchRun, run_search
+    from qpruner.search.run import run_search
+    from qpruner.search.search_run import SearchRun
 
     space = make_space("joint", 4)
 

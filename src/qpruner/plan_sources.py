@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,9 +19,6 @@ from qpruner.architecture import LayerShape, check_model_type, config_shape
 from qpruner.checkpoint import stored_layer_shapes
 from qpruner.errors import QPrunerError
 from qpruner.plan import Plan, PlanError, format_for_bits, is_packed
-
-if TYPE_CHECKING:  # the search builds on this module, not the other way round
-    from qpruner.search.from_model import SearchConfig
 
 PLAN_KINDS = ("uniform", "file", "searched")
 
@@ -90,7 +87,7 @@ class PlanSource:
     rank: int = 8
     alpha: float | None = None  # default 2 x rank
     dtype: str | None = None  # unquantized dtype; None: default_dtype(device)
-    search: SearchConfig | Any | None = None
+    search: Any = None  # a qpruner.search.SearchConfig (the search builds on this module)
 
     def __post_init__(self) -> None:
         if self.kind not in PLAN_KINDS:

@@ -7,7 +7,8 @@
 - :mod:`~qpruner.search.layer_importance` — per-layer scores for QPruner's bit allocation;
 - :mod:`~qpruner.search.study` — optuna storage (SQLite, PostgreSQL, journal file), resume;
 - :mod:`~qpruner.search.records` — what a trial stores, its :class:`Status`, the chosen trial;
-- :mod:`~qpruner.search.run` — :class:`SearchRun` (space, budget, evaluator, searcher, storage)
+- :mod:`~qpruner.search.search_run` — :class:`SearchRun` (space, budget, evaluator, searcher, storage);
+  :mod:`~qpruner.search.run` runs it
   and ``run_search``; :mod:`~qpruner.search.loop` — one trial and one loop iteration;
   :mod:`~qpruner.search.from_model` — ``qpruner search``;
 - :mod:`~qpruner.search.report` — HTML report with the Pareto front and per-layer charts.
@@ -19,7 +20,7 @@ import importlib
 # sklearn, optuna and matplotlib.
 _LAZY = {
     "SearchConfig": "qpruner.search.from_model",
-    "SearchRun": "qpruner.search.run",
+    "SearchRun": "qpruner.search.search_run",
     "run_search": "qpruner.search.run",
     "trial_training": "qpruner.search.recipe",
     "search_model": "qpruner.search.from_model",

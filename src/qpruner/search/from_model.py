@@ -18,7 +18,8 @@ from qpruner.errors import QPrunerError
 from qpruner.lora.train import TrainConfig
 from qpruner.search.evaluator import Evaluator
 from qpruner.search.recipe import trial_training
-from qpruner.search.run import SearchResult, SearchRun, run_search
+from qpruner.search.run import SearchResult, run_search
+from qpruner.search.search_run import SearchRun
 from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
 from qpruner.search.space import SearchSpace, parse_size
 from qpruner.search.study import default_storage

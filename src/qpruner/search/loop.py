@@ -21,7 +21,7 @@ from qpruner.search.evaluator import Evaluation
 from qpruner.search.records import Status, TrialRecord, choose_trial, count, evaluated
 
 if TYPE_CHECKING:
-    from qpruner.search.run import SearchRun
+    from qpruner.search.search_run import SearchRun
 
 #: Plans refused in a row (over budget) before the search gives up on its sampler.
 MAX_REJECTED_IN_A_ROW = 500

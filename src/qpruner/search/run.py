@@ -1,4 +1,4 @@
-"""A search run: what it searches, under which budget, where it lives, and running it.
+"""Running a search (:class:`~qpruner.search.search_run.SearchRun`) and what it leaves behind.
 
 :class:`SearchRun` owns everything one search needs — the space, the memory budget, the
 evaluator, the searcher (by name, seed and options), the trial count and the storage URL
@@ -17,7 +17,6 @@ import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -25,66 +24,13 @@ from tqdm.auto import tqdm
 from qpruner.errors import QPrunerError
 from qpruner.plan import Plan
 from qpruner.search import study as st
-from qpruner.search.evaluator import Evaluator
 from qpruner.search.loop import LoopState, run_trial, step, with_retries
 from qpruner.search.records import TrialRecord, choose_trial, count
 from qpruner.search.report import SearchSummary, write_report
-from qpruner.search.searchers import searcher_class
-from qpruner.search.searchers.base import Searcher
-from qpruner.search.space import SearchSpace, parse_size
+from qpruner.search.search_run import SearchRun
 
 SUMMARY_FILE = "search.json"
 PLAN_FILE = "plan.json"
-
-
-@dataclass
-class SearchRun:
-    """One search: any number of workers build the same run and point it at the same study.
-
-    ``options`` are the searcher's keyword arguments (``n_initial``, ``importance``, ...).
-    ``heartbeat``/``grace`` (seconds, RDB storages) let a live worker fail a dead one's
-    trial; ``db_retries``/``db_backoff`` how long a worker waits out a dropped database.
-    """
-
-    space: SearchSpace
-    evaluator: Evaluator
-    budget: int | str  # bytes, or a size such as "6GiB"
-    storage: str  # optuna storage URL: sqlite:///…, postgresql://…, journal:///…
-    method: str = "random"  # the searcher, by ``--method`` name
-    trials: int = 40
-    study_name: str | None = None  # default: the method's name
-    seed: int = 0
-    options: dict = field(default_factory=dict)
-    model: str | None = None  # the pruned checkpoint, recorded in plans and the study
-    heartbeat: int | None = None
-    grace: int | None = None
-    db_retries: int = 5
-    db_backoff: float = 2.0
-
-    def __post_init__(self) -> None:
-        self.budget = parse_size(self.budget)
-        self.study_name = self.study_name or self.method
-
-    @cached_property
-    def searcher(self) -> Searcher:
-        """The searcher, built once from the run's space, budget, seed and options."""
-        cls = searcher_class(self.method)
-        try:
-            return cls(self.space, self.budget, self.seed, **self.options)
-        except TypeError as exc:
-            raise QPrunerError(f"{self.method}: bad searcher option ({exc})") from exc
-
-    def identity(self) -> dict:
-        """What a study stores of its run; a worker whose run differs is refused."""
-        return {
-            "method": self.searcher.name,
-            "space": self.space.describe(),
-            "searcher": self.searcher.describe(),
-            "evaluator": self.evaluator.describe(),
-            "budget": self.budget,
-            "seed": self.seed,
-            "model": self.model,
-        }
 
 
 @dataclass
