@@ -9,8 +9,8 @@ import copy
 import pytest
 
 from qpruner import calibration_samples, load_model, load_tokenizer, prune_model
-from qpruner.errors import QPrunerError
 from qpruner.data_sources import load_tokens
+from qpruner.errors import QPrunerError
 from qpruner.eval.perplexity import perplexity
 from qpruner.prune import PruneConfig
 from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference, resolve_corpus
