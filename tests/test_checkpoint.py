@@ -21,6 +21,14 @@ def pruned_model(kind="gqa", ratio=0.5):
     return model
 
 
+def save_pickle_only(model, path) -> None:
+    """A stock HF directory as older tools wrote it: ``pytorch_model.bin`` (transformers 5 always
+    writes safetensors, so the pickle is made by hand)."""
+    model.save_pretrained(path)
+    (path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+
+
 def test_round_trip_is_bit_exact(kind, tmp_path):
     model = pruned_model(kind)
     save_pruned(model, tmp_path, make_tokenizer())
@@ -112,3 +120,24 @@ def test_sharded_checkpoint_round_trip(tmp_path):
     next(tmp_path.glob("model-*.safetensors")).unlink()
     with pytest.raises(CheckpointError, match="shard missing"):
         load_pruned(tmp_path)
+
+
+def test_unpruned_pickle_directories_are_refused_unless_allowed(tmp_path):
+    """Safetensors only: transformers would torch.load a pickle-only directory."""
+    from qpruner.checkpoint import pickle_allowed
+
+    save_pickle_only(make_model("gqa", layers=2), tmp_path)
+    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\)"):
+        load_model(tmp_path)
+    with pickle_allowed():
+        assert len(layer_shapes(load_model(tmp_path))) == 2
+    with pytest.raises(CheckpointError, match="pickle"):  # the opt-in ends with its block
+        load_model(tmp_path)
+
+
+def test_corrupt_safetensors_in_an_unpruned_directory(tmp_path):
+    make_model("gqa", layers=2).save_pretrained(tmp_path)
+    blob = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(blob[:100])
+    with pytest.raises(CheckpointError, match="corrupt safetensors"):
+        load_model(tmp_path)

@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -179,3 +180,134 @@ def test_qwen2_and_mistral_prune_via_api(tmp_path):
 def test_reference_without_corpus_is_a_one_line_error(tmp_path, capsys):
     rc, _, err = run(capsys, "reference", "--corpus-dir", tmp_path / "nowhere", "--cache-dir", tmp_path)
     assert rc == 1 and err.count("\n") == 1 and "not found" in err
+
+
+CONFIGS = [
+    "qpruner.prune.config:PruneConfig",
+    "qpruner.lora.train:TrainConfig",
+    "qpruner.eval.evaluate:EvalConfig",
+    "qpruner.pipeline:RunConfig",
+    "qpruner.plan_sources:PlanSource",
+]
+
+
+@pytest.mark.parametrize("target", CONFIGS)
+def test_flags_read_from_source_equal_the_dataclass(target):
+    """The flags are read from the config's source (no torch at --help): they must say what the
+    imported dataclass says, field by field."""
+    import dataclasses
+    import importlib
+
+    from qpruner.cli.flags import read_config
+
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    spec = read_config(target)
+    assert list(spec) == [f.name for f in dataclasses.fields(cls)]
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            assert spec[f.name].default == f.default, f.name
+        elif f.default_factory in (list, dict):
+            assert spec[f.name].default == f.default_factory(), f.name
+        assert spec[f.name].help == f.metadata.get("help", ""), f.name
+
+
+def test_parser_imports_no_torch_and_help_shows_defaults():
+    code = (
+        "import sys; from qpruner.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'optuna') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "[]", proc.stderr
+    for command in ("prune", "eval", "plan", "finetune", "run", "reference", "search", "report", "import"):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "qpruner.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0 and "usage: qpruner" in proc.stdout
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()}
+        assert not imported & {"torch", "transformers", "peft", "optuna"}, command
+    help_text = subprocess.run(
+        [sys.executable, "-m", "qpruner.cli", "prune", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "(default: 0.2)" in help_text and "(default: taylor)" in help_text
+
+
+def test_each_config_gets_only_its_own_flags():
+    """``run`` holds three configs; each is built from its own flags only, with RunConfig's defaults."""
+    from qpruner.cli import build_parser
+    from qpruner.cli.flags import config_from_args
+    from qpruner.eval.evaluate import EvalConfig
+    from qpruner.lora.train import TrainConfig
+    from qpruner.pipeline import RunConfig
+    from qpruner.prune.config import PruneConfig
+
+    args = build_parser().parse_args(["run", "--out", "r", "--micro-batch", "2", "--eval-max-tokens", "5"])
+    assert config_from_args(PruneConfig, args).micro_batch == PruneConfig().micro_batch
+    train, default = config_from_args(TrainConfig, args), RunConfig().train
+    assert (train.micro_batch, train.steps, train.batch_size) == (2, default.steps, default.batch_size)
+    assert config_from_args(EvalConfig, args).max_tokens == 5
+    args = build_parser().parse_args(["run", "--out", "r"])
+    assert config_from_args(EvalConfig, args).max_tokens == RunConfig().eval.max_tokens
+
+
+def test_flag_names_mean_one_thing_across_commands():
+    """A flag name takes the same kind of value in every command that has it."""
+    from qpruner.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    seen: dict[str, tuple] = {}
+    clashes = []
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            for option in action.option_strings:
+                kind = (getattr(action.type or str, "__name__", None), type(action).__name__, action.dest)
+                if seen.setdefault(option, (command, kind))[1] != kind:
+                    clashes.append((option, seen[option][0], command))
+    # --bits: search's list of widths, renamed by the search (its proposal: --search-bits only)
+    assert [c for c in clashes if c[0] != "--bits"] == []
+
+
+def test_one_place_turns_failures_into_one_line(model_dir, monkeypatch, capsys):
+    import qpruner.cli.eval as eval_cmd
+    from qpruner.errors import QPrunerError
+
+    def fails(exc):
+        def run(args):
+            raise exc
+
+        return run
+
+    argv = ["eval", "--model", str(model_dir)]
+    monkeypatch.setattr(eval_cmd, "run", fails(QPrunerError("bad\ninput")))
+    assert main(argv) == 1 and capsys.readouterr().err == "qpruner: error: bad input\n"
+    monkeypatch.setattr(eval_cmd, "run", fails(PermissionError(13, "Permission denied", "/x")))
+    assert main(argv) == 1 and capsys.readouterr().err == "qpruner: error: Permission denied: /x\n"
+    monkeypatch.setattr(eval_cmd, "run", fails(FileNotFoundError(2, "No such file", str(model_dir / "x"))))
+    assert main(argv) == 1  # under a path the user named
+    monkeypatch.setattr(eval_cmd, "run", fails(FileNotFoundError(2, "No such file", "/qpruner/internal")))
+    with pytest.raises(FileNotFoundError):  # elsewhere: a bug, with its traceback
+        main(argv)
+    monkeypatch.setattr(eval_cmd, "run", fails(KeyError("bug")))
+    with pytest.raises(KeyError):
+        main(argv)
+    monkeypatch.setenv("QPRUNER_DEBUG", "1")
+    monkeypatch.setattr(eval_cmd, "run", fails(QPrunerError("ours")))
+    with pytest.raises(QPrunerError):
+        main(argv)
+
+
+def test_library_noise_is_silenced():
+    """peft's FutureWarning about transformers' ``is_gradient_checkpointing`` and bitsandbytes'
+    int8 cast and missing-kernels lines say nothing a user can act on: none reaches stderr."""
+    code = (
+        "import sys, torch; sys.path.insert(0, 'tests'); from conftest import make_model\n"
+        "from qpruner.lora.apply import apply_plan; from qpruner.plan import Plan\n"
+        "m = apply_plan(make_model('gqa', layers=2), Plan.uniform(2, 'int8', rank=4, dtype='fp32'))\n"
+        "m(torch.randint(0, 10, (1, 5))); print('ran')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "ran", proc.stderr
+    for noise in ("is_gradient_checkpointing", "MatMul8bitLt", "gemm_4bit_forward", "FutureWarning"):
+        assert noise not in proc.stderr

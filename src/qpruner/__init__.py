@@ -1,34 +1,5 @@
 """qpruner: prune, quantize and recover LLaMA-layout language models."""
 
-import logging
-
-
-class _QuietBitsandbytes(logging.Filter):
-    """Two bitsandbytes log lines that mislead more than they inform on our paths.
-
-    At import on AVX512-BF16 CPUs it warns that the optional ``kernels`` package (a hub
-    download) is missing; its portable CPU path works without it. And every int8 matmul with
-    float32 inputs (our CPU compute dtype) logs that inputs are cast to float16: once is enough.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cast_seen = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        if msg.startswith("Failed to load CPU gemm_4bit_forward"):
-            return False
-        if msg.startswith("MatMul8bitLt: inputs will be cast"):
-            seen, self.cast_seen = self.cast_seen, True
-            return not seen
-        return True
-
-
-_quiet = _QuietBitsandbytes()
-for _name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
-    logging.getLogger(_name).addFilter(_quiet)
-
 # The API a user needs for each stage. Importing qpruner stays cheap: every name loads its
 # module (and so torch, transformers, peft, optuna) on first use.
 _API = {

@@ -15,6 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,10 +35,25 @@ from qpruner.architecture import (
     resize_layer,
 )
 from qpruner.errors import CheckpointError, QPrunerError
+from qpruner.preflight import refuse_pickle_only
 
 FORMAT_VERSION = 1
 CONFIG_KEY = "qpruner"
 RECOVERY_FILE = "recovery.json"  # a recovered directory: written by qpruner.lora.export
+
+# Safetensors only, unless the user opted in (``--allow-pickle``): a context setting rather
+# than a parameter, because base models are loaded several calls below the command that knows.
+_PICKLE_ALLOWED: ContextVar[bool] = ContextVar("qpruner_pickle_allowed", default=False)
+
+
+@contextmanager
+def pickle_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within this block, let transformers read ``pytorch_model.bin`` where no safetensors exist."""
+    token = _PICKLE_ALLOWED.set(allowed)
+    try:
+        yield
+    finally:
+        _PICKLE_ALLOWED.reset(token)
 
 
 def save_pruned(
@@ -99,10 +117,7 @@ def _read_tensors(path: Path, device: str | torch.device) -> dict[str, torch.Ten
             raise CheckpointError(f"{index} is corrupt: {exc}") from exc
         files = [path / f for f in sorted(set(weight_map.values()))]
     else:
-        if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-            raise CheckpointError(
-                f"{path} holds pickle weights only; qpruner loads safetensors, never pickles"
-            )
+        refuse_pickle_only(path)  # a pruned checkpoint is never read from a pickle, opt-in or not
         raise CheckpointError(f"{path} has no model.safetensors (or sharded index)")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
@@ -243,13 +258,17 @@ def load_base_model(
             raise CheckpointError(f"{path} is a file; expected a model directory")
         if CONFIG_KEY in _read_config(path):  # also a clear error for a directory without config.json
             return load_pruned(path, dtype=dtype, device=device)
+        refuse_pickle_only(path, allow_pickle=_PICKLE_ALLOWED.get())
     elif src.startswith((".", "/", "~")) or src.count("/") > 1:
         raise CheckpointError(f"model directory not found: {src}")
-    kwargs: dict = {"dtype": dtype or "auto"}
+    # None (opted in): transformers takes safetensors where present and the pickle otherwise.
+    kwargs: dict = {"dtype": dtype or "auto", "use_safetensors": None if _PICKLE_ALLOWED.get() else True}
     if str(device) != "cpu":
         kwargs["device_map"] = str(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else src, **kwargs)
+    except SafetensorError as exc:
+        raise CheckpointError(f"cannot load model {src!r}: corrupt safetensors file ({exc})") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load model {src!r}: {_first_line(exc)}") from exc
     check_supported(model)

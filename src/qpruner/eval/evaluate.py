@@ -24,16 +24,40 @@ class EvalConfig:
     (defaults: the model's context, at most 2048, non-overlapping); ``max_tokens`` scores only
     the first N tokens of each source; ``limit`` scores a fixed sample of N items per task."""
 
-    ppl_sources: list[str] = field(default_factory=list)
-    ctx_len: int | None = None
-    stride: int | None = None
-    batch_size: int = 8
-    max_tokens: int | None = None
-    tasks: list[str] = field(default_factory=list)
-    task_dir: str | None = None
-    task_data: str | None = None
-    limit: int | None = None
-    num_fewshot: int = 0
+    ppl_sources: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "perplexity text: a file, a saved dataset dir or hf:NAME/CONFIG@SPLIT (repeatable)",
+            "flag": "--ppl",
+            "repeat": True,
+        },
+    )
+    ctx_len: int | None = field(
+        default=None, metadata={"help": "perplexity window (default: the model's context, at most 2048)"}
+    )
+    stride: int | None = field(
+        default=None, metadata={"help": "perplexity window step (default: --ctx-len, non-overlapping)"}
+    )
+    batch_size: int = field(
+        default=8, metadata={"help": "windows or task requests per forward pass", "flag": "--eval-batch-size"}
+    )
+    max_tokens: int | None = field(
+        default=None, metadata={"help": "score only the first N tokens of each text"}
+    )
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "lm-eval tasks, e.g. wikitext_cloze (shipped) or qp_piqa (with --task-data)"},
+    )
+    task_dir: str | None = field(
+        default=None, metadata={"help": "folder of extra lm-eval task YAMLs (data paths relative to each)"}
+    )
+    task_data: str | None = field(
+        default=None, metadata={"help": "folder of the shipped qp_* tasks' JSONL files"}
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "score a fixed random sample of N items per task (quick checks)"}
+    )
+    num_fewshot: int = field(default=0, metadata={"help": "in-context examples per question"})
     progress: bool = True
 
     def check(self) -> list[str]:

@@ -40,8 +40,22 @@ class Example:
     labels: list[int]
 
 
+def read_text_file(path: Path) -> str:
+    """A training file's text, refusing what is not text: a binary file (model weights, an
+    archive) would otherwise be decoded with replacement characters and trained on."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise QPrunerError(
+            f"{path} is not UTF-8 text (a binary file?): {exc.reason} at byte {exc.start}"
+        ) from exc
+    if "\x00" in text:
+        raise QPrunerError(f"{path} holds NUL bytes: a binary file, not training text")
+    return text
+
+
 def _read_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     try:
         if path.suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -106,7 +120,7 @@ def load_examples(
     elif path.suffix in (".json", ".jsonl"):
         examples = _alpaca_examples(_read_records(path), tokenizer, cutoff_len, train_on_inputs)
     else:
-        examples = _text_examples(path.read_text(encoding="utf-8", errors="replace"), tokenizer, cutoff_len)
+        examples = _text_examples(read_text_file(path), tokenizer, cutoff_len)
     if not examples:
         raise QPrunerError(f"{path} yields no training examples")
     return examples

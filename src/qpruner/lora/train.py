@@ -17,11 +17,13 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -38,20 +40,22 @@ from qpruner.quant.registry import held_tensors, is_packed_module
 class TrainConfig:
     """Defaults follow alpaca-lora / LLM-Pruner post-training (2 epochs, batch 128, lr 1e-4)."""
 
-    epochs: float = 2.0
-    steps: int | None = None  # optimizer steps; overrides epochs
-    batch_size: int = 128  # examples per optimizer step
-    micro_batch: int = 4  # examples per forward/backward
-    lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    cutoff_len: int = 256
-    train_on_inputs: bool = True
-    gradient_checkpointing: bool = False
-    save_every: int = 200
-    keep_checkpoints: int = 2
-    seed: int = 42
+    epochs: float = field(default=2.0, metadata={"help": "passes over the data"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
+    batch_size: int = field(default=128, metadata={"help": "examples per optimizer step"})
+    micro_batch: int = field(default=4, metadata={"help": "examples per forward/backward pass"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps, then linear decay"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    cutoff_len: int = field(default=256, metadata={"help": "tokens per example"})
+    train_on_inputs: bool = field(default=True, metadata={"help": "loss on Alpaca prompts too"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass (less memory)"}
+    )
+    save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (older ones deleted)"})
+    seed: int = field(default=42, metadata={"help": "seed of LoRA's init, data order and dropout"})
 
     def __post_init__(self) -> None:
         if self.micro_batch < 1 or self.batch_size < self.micro_batch or self.batch_size % self.micro_batch:
@@ -100,9 +104,48 @@ def _fingerprint(config: TrainConfig, extra: dict) -> str:
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint's files cannot be read (truncated, corrupted): an older one may still be."""
+
+
 def _checkpoints(ckpt_dir: Path) -> list[Path]:
-    done = [p for p in ckpt_dir.glob("step-*") if (p / "state.json").is_file()]
+    """Complete checkpoints (``state.json`` is written last), oldest first."""
+    done = [p for p in ckpt_dir.glob("step-*") if p.name[5:].isdigit() and (p / "state.json").is_file()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resume_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, *, fingerprint: str, resume: bool) -> int:
+    """The step to start from: 0, or that of the newest readable checkpoint, restored.
+
+    ``keep_checkpoints`` (2) are kept so that one corrupted by a crash or a full disk is not the
+    end of a run: it is moved aside (``corrupt-step-N``, for inspection) and the one before it is
+    used, saying so. Existing checkpoints without ``resume`` are refused, never overwritten.
+    """
+    found = _checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
+    if found and not resume:
+        raise QPrunerError(
+            f"{ckpt_dir} already holds checkpoints; pass --resume to continue or use a new --out"
+        )
+    unreadable: list[UnreadableCheckpoint] = []
+    for path in reversed(found):
+        try:
+            meta = load_checkpoint(path, model, optimizer, scheduler, fingerprint=fingerprint)
+        except UnreadableCheckpoint as exc:
+            unreadable.append(exc)
+            continue
+        for bad, exc in zip(reversed(found), unreadable, strict=False):  # the newer ones, unreadable
+            aside = bad.with_name(f"corrupt-{bad.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            bad.rename(aside)
+            print(f"qpruner: {exc}; moved aside to {aside.name}", file=sys.stderr, flush=True)
+        if unreadable:
+            print(f"qpruner: resuming from the previous checkpoint, {path.name}", file=sys.stderr, flush=True)
+        return int(meta["step"])
+    if found:
+        raise CheckpointError(
+            f"no readable checkpoint in {ckpt_dir} ({unreadable[0]}); start again with --overwrite"
+        )
+    return 0
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
@@ -132,14 +175,24 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, stat
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, *, fingerprint: str | None = None) -> dict:
+    """Restore a checkpoint into ``model``, ``optimizer`` and ``scheduler``.
+
+    Every file is read (and the ``fingerprint`` of the run's settings compared) before anything
+    is restored, so an unreadable or foreign checkpoint leaves the model untouched.
+    """
     try:
         meta = json.loads((path / "state.json").read_text())
         adapter = load_file(path / "adapter.safetensors")
         moments = load_file(path / "optimizer.safetensors")
         rng = load_file(path / "rng.safetensors")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise UnreadableCheckpoint(f"checkpoint {path} is unreadable: {exc}") from exc
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"checkpoint {path} was made with other settings (plan, data or training config); "
+            "resume with the same ones or start a new --out"
+        )
     params = _trainable(model)
     if set(adapter) != set(params):
         raise CheckpointError(f"checkpoint {path} holds different trainable tensors than this model")
@@ -196,20 +249,7 @@ def train(
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total // 2), total)
-    start = 0
-    found = _checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
-    if resume and found:
-        meta = load_checkpoint(found[-1], model, optimizer, scheduler)
-        if meta.get("fingerprint") != fingerprint:
-            raise CheckpointError(
-                f"checkpoint {found[-1]} was made with other settings (plan, data or training config); "
-                "resume with the same ones or start a new --out"
-            )
-        start = int(meta["step"])
-    elif found and not resume:
-        raise QPrunerError(
-            f"{ckpt_dir} already holds checkpoints; pass --resume to continue or use a new --out"
-        )
+    start = resume_checkpoint(ckpt_dir, model, optimizer, scheduler, fingerprint=fingerprint, resume=resume)
     if config.gradient_checkpointing:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.activation_checkpointing_enable({"use_reentrant": False})

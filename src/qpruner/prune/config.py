@@ -10,7 +10,7 @@ changes, and channel counts are kept a multiple of ``channel_multiple`` for GPU 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from qpruner.architecture import LayerShape
 from qpruner.errors import QPrunerError
@@ -22,20 +22,40 @@ HEAD_MODES = ("group", "query")
 
 @dataclass
 class PruneConfig:
-    ratio: float = 0.2
-    attn_ratio: float | None = None  # overrides ``ratio`` for heads
-    mlp_ratio: float | None = None  # overrides ``ratio`` for MLP channels
-    layer_start: int = 3
-    layer_end: int = -2  # exclusive; negative counts from the end like a slice
-    layer_ratios: list[float] | None = None  # one per decoder layer; overrides ratio/start/end
-    importance: str = "taylor"
-    n_samples: int = 10
-    seq_len: int = 128
-    seed: int = 0
-    head_mode: str = "group"  # group: KV head + its query heads; query: query heads within each group
-    channel_multiple: int = 1
-    grad_chunk_layers: int | None = None  # layers per gradient pass; None: all (half for taylor2)
-    micro_batch: int = 1
+    ratio: float = field(default=0.2, metadata={"help": "fraction of heads and channels removed per layer"})
+    attn_ratio: float | None = field(default=None, metadata={"help": "override --ratio for attention heads"})
+    mlp_ratio: float | None = field(default=None, metadata={"help": "override --ratio for MLP channels"})
+    layer_start: int = field(default=3, metadata={"help": "first pruned layer (the first layers stay whole)"})
+    layer_end: int = field(
+        default=-2, metadata={"help": "end of the pruned layers, exclusive; negative counts from the end"}
+    )
+    layer_ratios: list[float] | None = field(
+        default=None,
+        metadata={"help": "one ratio per decoder layer; overrides --ratio/--layer-start/--layer-end"},
+    )
+    importance: str = field(
+        default="taylor", metadata={"help": "unit importance estimator", "choices": IMPORTANCE_METHODS}
+    )
+    n_samples: int = field(default=10, metadata={"help": "calibration samples"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per calibration sample"})
+    seed: int = field(default=0, metadata={"help": "seed of the calibration samples (and of random)"})
+    head_mode: str = field(
+        default="group",
+        metadata={
+            "help": "group: remove a KV head with its query heads; query: query heads within each group",
+            "choices": HEAD_MODES,
+        },
+    )
+    channel_multiple: int = field(
+        default=1, metadata={"help": "keep MLP widths a multiple of this (8 or 64 for GPU kernels)"}
+    )
+    grad_chunk_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "score this many layers per gradient pass (less memory; default all, taylor2 half)"
+        },
+    )
+    micro_batch: int = field(default=1, metadata={"help": "calibration samples per forward/backward pass"})
 
     def __post_init__(self) -> None:
         # Valid by construction: a config is checked once, where it is made, and every stage

@@ -17,6 +17,7 @@ tensors bitsandbytes really allocates, for every format:
 
 from __future__ import annotations
 
+import logging
 import math
 from types import ModuleType
 
@@ -29,6 +30,27 @@ from qpruner.quant.backend import Backend, as_out_in
 BNB_BLOCKSIZE = 64
 BNB_DOUBLE_QUANT = True
 _FOUR_BIT = ("nf4", "fp4")
+
+
+class _QuietBitsandbytes(logging.Filter):
+    """Two bitsandbytes log lines that say nothing a user can act on, on our paths.
+
+    At import on AVX512-BF16 CPUs it warns that the optional ``kernels`` package (a hub
+    download) is missing; its portable CPU path works without it. And an int8 matmul with
+    float32 inputs (our CPU compute dtype) logs that inputs are cast to float16, which is how
+    LLM.int8 works. Installed when this module loads, which ``qpruner.lora`` makes happen
+    before peft imports bitsandbytes.
+    """
+
+    QUIET = ("Failed to load CPU gemm_4bit_forward", "MatMul8bitLt: inputs will be cast")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.QUIET)
+
+
+_quiet = _QuietBitsandbytes()
+for _name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+    logging.getLogger(_name).addFilter(_quiet)
 
 
 def _bnb() -> ModuleType:
