@@ -68,19 +68,39 @@ def commands() -> dict[str, tuple[Callable[[argparse.Namespace], None], Checks]]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler, checks = commands()[args.command]
+    made = _missing_dirs(getattr(args, checks.out_dir, None) if checks.out_dir else None)
     try:
         run_checks(checks, args)
         _run(handler, args)
     except KeyboardInterrupt:
+        _remove_if_empty(made)
         print("qpruner: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        _remove_if_empty(made)
         message = user_error(exc, args, checks)
         if message is None or os.environ.get("QPRUNER_DEBUG", "") not in ("", "0"):
             raise  # a bug in qpruner (or debugging asked for): the traceback is what helps
         print(f"qpruner: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _missing_dirs(out: str | None) -> list[Path]:
+    """The output directory and those of its parents that do not exist yet, deepest first."""
+    if not out:
+        return []
+    path = Path(out).expanduser().absolute()
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """A command that failed leaves no empty output directory behind (never removes content)."""
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty, or gone: stop going up
 
 
 def _run(handler: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
