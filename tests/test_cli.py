@@ -311,3 +311,33 @@ def test_library_noise_is_silenced():
     assert proc.stdout.strip() == "ran", proc.stderr
     for noise in ("is_gradient_checkpointing", "MatMul8bitLt", "gemm_4bit_forward", "FutureWarning"):
         assert noise not in proc.stderr
+
+
+def test_allow_pickle_is_an_explicit_opt_in(tmp_path, capsys):
+    from test_checkpoint import save_pickle_only
+
+    save_pickle_only(make_model("gqa", layers=2), tmp_path / "m")
+    make_tokenizer().save_pretrained(tmp_path / "m")
+    rc, _, err = run(capsys, "eval", "--model", tmp_path / "m", "--no-progress")
+    assert rc == 1 and "only pickle weights (pytorch_model.bin)" in err and "--allow-pickle" in err
+    rc, out, err = run(capsys, "eval", "--model", tmp_path / "m", "--no-progress", "--allow-pickle")
+    assert rc == 0, err
+    assert "params:" in out
+
+
+def test_reference_build_is_announced_before_it_starts(tmp_path, capsys):
+    from qpruner.cli.reference import announce_build
+    from qpruner.reference import TEST_FILE, TRAIN_FILE, ReferenceConfig, cache_key
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / TRAIN_FILE).write_text("some training text")
+    (corpus / TEST_FILE).write_text("some test text")
+    announce_build(corpus_dir=str(corpus), cache_dir=str(tmp_path / "cache"))
+    assert "training the reference model" in capsys.readouterr().err
+    entry = tmp_path / "cache" / "reference" / cache_key(ReferenceConfig(), corpus)
+    entry.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "reference.json"):
+        (entry / name).write_text("{}")
+    announce_build(corpus_dir=str(corpus), cache_dir=str(tmp_path / "cache"))
+    assert capsys.readouterr().err == ""
