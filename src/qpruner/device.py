@@ -36,3 +36,36 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
     if name not in _DTYPES:
         raise QPrunerError(f"unknown dtype {name!r}; choose from auto, {', '.join(_DTYPES)}")
     return _DTYPES[name]
+
+
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether bfloat16 matmuls beat float32 on ``device``.
+
+    True on CUDA GPUs with bf16 support and on CPUs with AVX512-BF16 or AMX (oneDNN then runs
+    bf16 GEMMs at about 2.3x the float32 rate on the model's shapes, measured in
+    ``benchmarks/throughput_bench.py``). Elsewhere bf16 is emulated and slower than float32.
+    torch has no public CPU-feature query; its private probes are read defensively.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+COMPUTE_DTYPES = ("auto", "fp32", "bf16")
+
+
+def resolve_compute_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """``auto``: bfloat16 where :func:`fast_bf16` says it is fast, else float32.
+
+    The compute dtype is what matmuls run in (``torch.autocast``); weights keep the plan's
+    dtype and LoRA weights, gradients and optimizer states stay float32.
+    """
+    if name not in COMPUTE_DTYPES:
+        raise QPrunerError(f"unknown compute dtype {name!r}; choose from {', '.join(COMPUTE_DTYPES)}")
+    if name == "auto":
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
+    return _DTYPES[name]

@@ -30,7 +30,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from qpruner.architecture import model_device
+from qpruner.compute import autocast, prepared
+from qpruner.device import COMPUTE_DTYPES, resolve_compute_dtype
 from qpruner.errors import CheckpointError, QPrunerError
+from qpruner.lm_loss import causal_lm_loss
 from qpruner.lora.data import BatchSchedule, Example
 from qpruner.memory import PeakMeter, TensorPeakMeter, held_memory
 from qpruner.quant.registry import held_tensors, is_packed_module
@@ -56,6 +59,16 @@ class TrainConfig:
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (and at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (older ones deleted)"})
     seed: int = field(default=42, metadata={"help": "seed of LoRA's init, data order and dropout"})
+    compute_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "matmul dtype: auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), fp32, bf16"
+        },
+    )
+    loss_chunk: int = field(
+        default=256,
+        metadata={"help": "tokens per LM-head chunk of the loss (0: all at once, transformers' loss)"},
+    )
 
     def __post_init__(self) -> None:
         if self.micro_batch < 1 or self.batch_size < self.micro_batch or self.batch_size % self.micro_batch:
@@ -66,6 +79,12 @@ class TrainConfig:
             raise QPrunerError("learning rate, steps and epochs must be positive")
         if self.save_every < 1:
             raise QPrunerError(f"save_every must be >= 1, got {self.save_every}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise QPrunerError(
+                f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}"
+            )
+        if self.loss_chunk < 0:
+            raise QPrunerError(f"loss_chunk must be >= 0, got {self.loss_chunk}")
 
     @property
     def accumulation(self) -> int:
@@ -225,6 +244,32 @@ def _preexisting(model: nn.Module, optimizer) -> list[torch.Tensor]:
     return out
 
 
+def _micro_steps(
+    model: nn.Module, batches, config: TrainConfig, compute: torch.dtype, step: int
+) -> tuple[float, int]:
+    """Forward and backward over one optimizer step's micro-batches; (mean loss, tokens).
+
+    The forward and the loss run under ``compute`` autocast, backward outside it (as
+    ``torch.autocast`` asks); with ``loss_chunk`` the LM head and loss go a chunk of tokens at
+    a time (:mod:`qpruner.lm_loss`), else through transformers' own loss.
+    """
+    step_loss, step_tokens = 0.0, 0
+    device = model_device(model)
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(compute, device):
+            if config.loss_chunk:
+                loss = causal_lm_loss(model, batch, chunk=config.loss_chunk)
+            else:
+                loss = model(**batch, use_cache=False).loss
+        if not torch.isfinite(loss):
+            raise QPrunerError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
+        (loss / config.accumulation).backward()
+        step_loss += loss.item() / config.accumulation
+        step_tokens += int(batch["attention_mask"].sum())
+    return step_loss, step_tokens
+
+
 def train(
     model: nn.Module,
     examples: list[Example],
@@ -257,28 +302,32 @@ def train(
     model.train()
     schedule = BatchSchedule(examples, config.micro_batch, pad_id, config.seed)
     device = model_device(model)
+    compute = resolve_compute_dtype(config.compute_dtype, device)
+    with prepared(model, compute, device):
+        result = _loop(model, schedule, config, optimizer, scheduler, ckpt_dir, start=start, total=total,
+                       compute=compute, fingerprint=fingerprint, progress=progress)  # fmt: skip
+    result.optimizer_bytes = held_memory(model, optimizer)["optimizer_states"]
+    model.eval()
+    return result
+
+
+def _loop(
+    model, schedule, config, optimizer, scheduler, ckpt_dir, *, start, total, compute, fingerprint, progress
+):
+    """The optimizer steps from ``start`` to ``total``: metered, timed and checkpointed."""
+    params = list(_trainable(model).values())
+    device = model_device(model)
     result = TrainResult(steps=total, resumed_from=start)
     bar = tqdm(total=total, initial=start, desc="recover", unit="step", disable=not progress)
     t0 = time.perf_counter()
     step_times = []
     for step in range(start, total):
         ts = time.perf_counter()
-        step_loss, step_tokens = 0.0, 0
         metered = step == (start + 1 if total - start >= 2 else start)
         tensors = TensorPeakMeter(_preexisting(model, optimizer)) if metered else contextlib.nullcontext()
         with PeakMeter(device) as meter, tensors:
-            for micro in range(config.accumulation):
-                batch = {
-                    k: v.to(device) for k, v in schedule.batch(step * config.accumulation + micro).items()
-                }
-                loss = model(**batch, use_cache=False).loss
-                if not torch.isfinite(loss):
-                    raise QPrunerError(
-                        f"loss became {loss.item()} at step {step + 1}; lower the learning rate"
-                    )
-                (loss / config.accumulation).backward()
-                step_loss += loss.item() / config.accumulation
-                step_tokens += int(batch["attention_mask"].sum())
+            batches = (schedule.batch(step * config.accumulation + m) for m in range(config.accumulation))
+            step_loss, step_tokens = _micro_steps(model, batches, config, compute, step)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -299,8 +348,6 @@ def train(
             state = {"fingerprint": fingerprint, "losses_tail": result.losses[-50:]}
             save_checkpoint(ckpt_dir, step + 1, model, optimizer, scheduler, state, config.keep_checkpoints)
     bar.close()
-    result.optimizer_bytes = held_memory(model, optimizer)["optimizer_states"]
-    model.eval()
     result.seconds = time.perf_counter() - t0
     result.step_seconds = sum(step_times) / len(step_times) if step_times else 0.0
     return result

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
@@ -76,6 +76,13 @@ class Backend(ABC):
 
         ``scale_bytes``: the size of the compute dtype, for backends that keep scales in it.
         """
+
+    def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
+        """Make ``module`` work under ``dtype`` autocast (forward and backward); return the undo.
+
+        Nothing to do for most backends: their matmuls autocast like any other.
+        """
+        return None
 
     def check_format(self, fmt: str) -> None:
         """Refuse a format this backend does not own (a registry bug, not a user error)."""

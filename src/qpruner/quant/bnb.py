@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -94,6 +95,21 @@ class BnbBackend(Backend):
             scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
             w = module.weight.data.float() * scb.float().unsqueeze(1) / 127.0
         return as_out_in(module, w)
+
+    def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
+        # Compute in ``dtype`` inside bitsandbytes rather than through autocast: its 4-bit matmul
+        # is a custom op whose inner linear autocasts or not depending on how it is dispatched
+        # (a TorchDispatchMode such as our TensorPeakMeter changes it), and its int8 backward
+        # runs in the input's dtype. Dequantizing straight to ``dtype`` also saves a cast.
+        if isinstance(module, _bnb().nn.Linear4bit):
+            state, old = module.weight.quant_state, (module.compute_dtype, module.weight.quant_state.dtype)
+            module.compute_dtype = state.dtype = dtype
+
+            def undo() -> None:
+                module.compute_dtype, state.dtype = old
+
+            return undo
+        return module.register_forward_pre_hook(lambda _m, args: (args[0].to(dtype), *args[1:])).remove
 
     def state_tensors(self, module: nn.Module) -> list[torch.Tensor]:
         # The 4-bit absmax, code and nested state hang off the weight's ``quant_state``; the

@@ -14,6 +14,7 @@ group in the compute dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -94,6 +95,23 @@ class HqqBackend(Backend):
         if torch.is_tensor(getattr(module, "bias", None)):
             out.append(module.bias)
         return out
+
+    def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
+        # hqq's backward multiplies the (autocast, bf16) gradient by the weight dequantized in
+        # the module's compute dtype; a float32 plan then fails on mixed dtypes. Dequantize,
+        # then cast to the operand's dtype, in forward and backward alike.
+        if module.compute_dtype == dtype:
+            return None
+
+        def matmul(x: torch.Tensor, transpose: bool = True) -> torch.Tensor:
+            kind = x.device.type
+            weight = module.dequantize().to(
+                torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+            )
+            return torch.matmul(x, weight.t() if transpose else weight)
+
+        module.matmul = matmul  # an instance attribute: HQQLinear.forward looks it up per call
+        return lambda: delattr(module, "matmul")
 
     def packed_bytes(self, fmt: str, out_features: int, in_features: int, scale_bytes: int) -> int:
         self.check_format(fmt)
