@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qpruner.architecture import model_device
+from qpruner.compute import autocast, prepared
 from qpruner.data_sources import load_tokens
+from qpruner.device import resolve_compute_dtype
 from qpruner.eval.perplexity import PerplexityResult, perplexity
 from qpruner.eval.size import ModelSize, model_size, shape_table
 from qpruner.eval.zeroshot import TaskScore, check_tasks, zero_shot
@@ -58,6 +61,13 @@ class EvalConfig:
         default=None, metadata={"help": "score a fixed random sample of N items per task (quick checks)"}
     )
     num_fewshot: int = field(default=0, metadata={"help": "in-context examples per question"})
+    compute_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "matmul dtype: auto (bf16 on CUDA and AVX512-BF16/AMX CPUs, else fp32), fp32, bf16",
+            "flag": "--eval-compute-dtype",
+        },
+    )
     progress: bool = True
 
     def check(self) -> list[str]:
@@ -109,17 +119,21 @@ def evaluate_model(
             batch_size=cfg.batch_size,
             max_tokens=cfg.max_tokens,
             progress=cfg.progress,
+            compute_dtype=cfg.compute_dtype,
         )
     if cfg.tasks:
-        scores.zeroshot = zero_shot(
-            model,
-            tokenizer,
-            cfg.tasks,
-            task_dir=cfg.task_dir,
-            limit=cfg.limit,
-            batch_size=cfg.batch_size,
-            num_fewshot=cfg.num_fewshot,
-            progress=cfg.progress,
-            **({"task_data": cfg.task_data} if cfg.task_data else {}),
-        )
+        device = model_device(model)
+        compute = resolve_compute_dtype(cfg.compute_dtype, device)
+        with prepared(model, compute, device), autocast(compute, device):  # as perplexity computes
+            scores.zeroshot = zero_shot(
+                model,
+                tokenizer,
+                cfg.tasks,
+                task_dir=cfg.task_dir,
+                limit=cfg.limit,
+                batch_size=cfg.batch_size,
+                num_fewshot=cfg.num_fewshot,
+                progress=cfg.progress,
+                **({"task_data": cfg.task_data} if cfg.task_data else {}),
+            )
     return scores
