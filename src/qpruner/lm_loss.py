@@ -62,10 +62,13 @@ class _FrozenHeadCE(torch.autograd.Function):
             total -= logp.gather(1, t[:, None]).squeeze(1)[valid].sum()
             if grad is not None:
                 # d(mean CE)/dh = (softmax - onehot) @ W / count; the one-hot term is W[t].
-                probs = logp.exp_().to(dtype)
+                probs = torch.exp(logp, out=torch.empty(logp.shape, dtype=dtype, device=h.device))
                 del logp
                 g = (probs @ w).to(acc) - w[t].to(acc)
+                del probs
                 grad[s : s + chunk] = (g * (valid[:, None].to(acc) / count)).to(dtype)
+            else:
+                del logp  # each chunk's buffers go before the next chunk's exist
         ctx.save_for_backward(grad)
         ctx.h_dtype = h.dtype
         return total / count

@@ -27,7 +27,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from qpruner.activations import StepShape, dequant_peak, layer_bytes, step_bytes
 from qpruner.architecture import LayerShape, config_shape
+from qpruner.device import resolve_compute_dtype
 from qpruner.plan import DENSE_FORMATS, Plan, is_packed
 from qpruner.quant.registry import held_tensors, is_packed_module, packed_weight_bytes
 from qpruner.units import format_bytes
@@ -98,34 +100,30 @@ def _module_dims(config, shape: LayerShape) -> dict[str, tuple[int, int, bool]]:
     }
 
 
-def activation_bytes(
-    config, shapes: list[LayerShape], batch: int, seq_len: int, dtype_bytes: int, checkpointing: bool
-) -> int:
-    """Peak bytes of activations during one forward/backward (an estimate, see the module docstring).
+def _compute_bytes(compute_dtype: str, device: str) -> int:
+    return torch.finfo(resolve_compute_dtype(compute_dtype, device)).bits // 8
 
-    Per layer and token, autograd keeps about ``14 h + 2 q + 2 kv + 5 i`` values (a census of
-    ``saved_tensors_hooks`` on a LLaMA layer with LoRA on all seven linears: residual and
-    RMSNorm inputs, each LoRA input, q/k/v, attention output, gate/up/act/product). During
-    backward one layer's activation gradients and its attention scores (the CPU SDPA path
-    materialises them) exist on top of that, and the loss holds float32 logits, their
-    log-softmax and both gradients: four vocabulary-sized rows per token. With gradient
-    checkpointing only each layer's input is kept, plus one layer during recomputation.
-    """
-    h = int(_get(config, "hidden_size"))
-    tokens = batch * seq_len
-    per_layer = []
-    for s in shapes:
-        dims = _module_dims(config, s)
-        q, kv = dims["self_attn.q_proj"][0], dims["self_attn.k_proj"][0]
-        # RMSNorm upcasts to float32: of the 14 h, the 2 x 2 h norm intermediates are float32.
-        elems = (10 * h + 2 * q + 2 * kv + 5 * s.intermediate_size) * dtype_bytes + 4 * h * 4
-        per_layer.append(elems * tokens)
-    widest = max(range(len(shapes)), key=lambda i: per_layer[i])
-    scores = batch * shapes[widest].num_attention_heads * seq_len * seq_len * dtype_bytes
-    kept = len(shapes) * h * dtype_bytes * tokens if checkpointing else sum(per_layer)
-    transient = 2 * per_layer[widest] if checkpointing else per_layer[widest]
-    logits = 4 * int(_get(config, "vocab_size")) * 4 * tokens
-    return kept + transient + scores + logits
+
+def activation_bytes(config, plan: Plan, shapes: list[LayerShape], step: StepShape) -> dict[str, int]:
+    """Peak bytes of one step beyond the weights (see :mod:`qpruner.activations`), with its parts."""
+    wbytes = _DTYPE_BYTES[plan.dtype]
+    c = step.compute_bytes
+    pairs = list(zip(shapes, plan.layers, strict=True))
+    kw = {"c": c, "wbytes": wbytes, "attn": step.attention_bytes}
+    layers = [layer_bytes(_module_dims(config, s), s, lp, plan, **kw) for s, lp in pairs]
+    first = layer_bytes(_module_dims(config, shapes[0]), shapes[0], plan.layers[0], plan, **kw, first=True)
+    lora = [
+        sum(lp.rank_of(m) * (i + o) * LORA_BYTES for m, (o, i, _b) in _module_dims(config, s).items()
+            if m in plan.target_modules)
+        for s, lp in pairs
+    ]  # fmt: skip
+    summary = {
+        "hidden_size": int(_get(config, "hidden_size")),
+        "vocab_size": int(_get(config, "vocab_size")),
+        "widest": max(s.intermediate_size for s in shapes),
+    }
+    dequant = max(dequant_peak(_module_dims(config, s), lp, c=c, wbytes=wbytes) for s, lp in pairs)
+    return step_bytes(summary, layers, first, lora, step, wbytes, dequant)
 
 
 def estimate(
@@ -134,8 +132,16 @@ def estimate(
     batch_size: int = 1,
     seq_len: int = 256,
     gradient_checkpointing: bool = False,
+    *,
+    compute_dtype: str = "auto",
+    loss_chunk: int = 256,
+    device: str = "cpu",
 ) -> MemoryReport:
-    """Predicted fine-tuning memory of ``plan`` on a model with ``model_config`` (HF config or dict)."""
+    """Predicted fine-tuning memory of ``plan`` on a model with ``model_config`` (HF config or dict).
+
+    ``compute_dtype``, ``loss_chunk`` and ``gradient_checkpointing`` as in
+    :class:`qpruner.lora.train.TrainConfig` (same defaults); ``device`` resolves ``auto``.
+    """
     shapes = _layer_shapes(model_config, plan)
     wbytes = _DTYPE_BYTES[plan.dtype]
     h, vocab = int(_get(model_config, "hidden_size")), int(_get(model_config, "vocab_size"))
@@ -157,16 +163,21 @@ def estimate(
                 dense += (out_f * in_f + (out_f if bias else 0)) * DENSE_FORMATS[fmt] // 8
             if module in plan.target_modules:
                 lora += lp.rank_of(module) * (in_f + out_f) * LORA_BYTES
-    acts = activation_bytes(model_config, shapes, batch_size, seq_len, wbytes, gradient_checkpointing)
+    c = _compute_bytes(compute_dtype, device)
+    # Attention keeps float32 q/k/v/out under bf16 on CPU (qpruner.compute) and in float32
+    # runs; otherwise the activations' dtype.
+    attn = 4 if (c < 4 and torch.device(device).type == "cpu") or (c == 4 and wbytes == 4) else min(c, wbytes)
+    step = StepShape(batch_size, seq_len, c, attn, loss_chunk, gradient_checkpointing)
+    acts = activation_bytes(model_config, plan, shapes, step)
     return MemoryReport(
         {
             "packed_weights": packed,
             "dense_weights": dense,
             "lora_params": lora,
             "optimizer_states": 2 * lora,  # AdamW: exp_avg and exp_avg_sq in float32
-            "step_peak": acts + lora,  # activations + LoRA gradients
+            "step_peak": acts["activations"],  # activations, LoRA gradients, transients
         },
-        {"activations": acts, "lora_grads": lora},
+        {**acts, "lora_grads": lora},
     )
 
 

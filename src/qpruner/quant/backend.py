@@ -77,6 +77,17 @@ class Backend(ABC):
         ``scale_bytes``: the size of the compute dtype, for backends that keep scales in it.
         """
 
+    def kept_input(self, fmt: str) -> str | None:
+        """What a ``fmt`` module's backward keeps of its input (memory model): None, ``"saved"``
+        (as a saved tensor, which activation checkpointing drops) or ``"pinned"`` (outside
+        them, kept even under checkpointing)."""
+        return None
+
+    def dequant_bytes(self, fmt: str, weight_bytes: int, compute_bytes: int) -> int:
+        """Bytes per weight element that dequantizing a ``fmt`` weight holds at once (memory
+        model); ``weight_bytes``: the plan dtype's size."""
+        return compute_bytes
+
     def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
         """Make ``module`` work under ``dtype`` autocast (forward and backward); return the undo.
 

@@ -96,20 +96,24 @@ class BnbBackend(Backend):
             w = module.weight.data.float() * scb.float().unsqueeze(1) / 127.0
         return as_out_in(module, w)
 
+    def kept_input(self, fmt: str) -> str | None:
+        # MatMul8bitFp keeps its input as ``ctx.A`` (not a saved tensor); MatMul4Bit only the weight.
+        return "pinned" if fmt == "int8" else None
+
     def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
-        # Compute in ``dtype`` inside bitsandbytes rather than through autocast: its 4-bit matmul
-        # is a custom op whose inner linear autocasts or not depending on how it is dispatched
-        # (a TorchDispatchMode such as our TensorPeakMeter changes it), and its int8 backward
-        # runs in the input's dtype. Dequantizing straight to ``dtype`` also saves a cast.
-        if isinstance(module, _bnb().nn.Linear4bit):
-            state, old = module.weight.quant_state, (module.compute_dtype, module.weight.quant_state.dtype)
-            module.compute_dtype = state.dtype = dtype
+        # The 4-bit matmul is a custom op whose inner linear autocasts or not depending on how
+        # it is dispatched (a TorchDispatchMode such as our TensorPeakMeter changes it): set
+        # its compute dtype instead, which also dequantizes straight to ``dtype`` (forward and
+        # backward). int8 computes in its input's dtype, which the caller casts.
+        if not isinstance(module, _bnb().nn.Linear4bit):
+            return None
+        state, old = module.weight.quant_state, (module.compute_dtype, module.weight.quant_state.dtype)
+        module.compute_dtype = state.dtype = dtype
 
-            def undo() -> None:
-                module.compute_dtype, state.dtype = old
+        def undo() -> None:
+            module.compute_dtype, state.dtype = old
 
-            return undo
-        return module.register_forward_pre_hook(lambda _m, args: (args[0].to(dtype), *args[1:])).remove
+        return undo
 
     def state_tensors(self, module: nn.Module) -> list[torch.Tensor]:
         # The 4-bit absmax, code and nested state hang off the weight's ``quant_state``; the

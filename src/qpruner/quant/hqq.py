@@ -96,6 +96,14 @@ class HqqBackend(Backend):
             out.append(module.bias)
         return out
 
+    def kept_input(self, fmt: str) -> str | None:
+        return "saved"  # HQQMatmulNoCacheMul saves its input (for a weight gradient it never computes)
+
+    def dequant_bytes(self, fmt: str, weight_bytes: int, compute_bytes: int) -> int:
+        # Quantizer.dequantize: the unpacked codes, (codes - zero) and its product with the
+        # scale coexist, in the module's dtype (the plan's); then our cast to the compute dtype.
+        return max(3 * weight_bytes, weight_bytes + compute_bytes)
+
     def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
         # hqq's backward multiplies the (autocast, bf16) gradient by the weight dequantized in
         # the module's compute dtype; a float32 plan then fails on mixed dtypes. Dequantize,

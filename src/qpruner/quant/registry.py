@@ -104,6 +104,16 @@ def held_tensors(module: nn.Module) -> list[torch.Tensor]:
     return backend.held_tensors(module) if backend is not None else own_tensors(module)
 
 
+def dequant_bytes(fmt: str, weight_bytes: int, compute_bytes: int) -> int:
+    """Bytes per weight element a ``fmt`` weight's dequantization holds at once (see :class:`Backend`)."""
+    return backend_for_format(fmt).dequant_bytes(fmt, weight_bytes, compute_bytes)
+
+
+def kept_input(fmt: str) -> str | None:
+    """What a module in packed format ``fmt`` keeps of its input for backward (see :class:`Backend`)."""
+    return backend_for_format(fmt).kept_input(fmt)
+
+
 def packed_weight_bytes(fmt: str, out_features: int, in_features: int, scale_bytes: int) -> int:
     """Bytes of a packed ``out x in`` weight incl. its scales; ``scale_bytes``: compute dtype size.
 
