@@ -75,7 +75,10 @@ def train_plan(
     model = load_base_model(model_src, dtype=plan_dtype(plan), device=device)
     record_pruning(plan, model.config, layer_shapes(model))
     plan.model = plan.model or str(model_src)
-    predicted = estimate(model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing)
+    predicted = estimate(
+        model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing,
+        compute_dtype=cfg.compute_dtype, loss_chunk=cfg.loss_chunk, device=torch.device(device).type,
+    )  # fmt: skip
     torch.manual_seed(cfg.seed)  # LoRA A's random init: the same run twice gives the same adapter
     peft_model = apply_plan(model, plan, loftq=loftq, progress=progress, validated=True)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
