@@ -62,7 +62,7 @@ class TrainConfig:
     compute_dtype: str = field(
         default="auto",
         metadata={
-            "help": "matmul dtype: auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), fp32, bf16"
+            "help": "matmul dtype: auto (bf16 on CUDA and CPUs with AVX512-BF16/AMX, else fp32), fp32, bf16"
         },
     )
     loss_chunk: int = field(
