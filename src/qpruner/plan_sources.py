@@ -18,6 +18,7 @@ import torch
 from qpruner.architecture import LayerShape, check_model_type, config_shape
 from qpruner.checkpoint import stored_layer_shapes
 from qpruner.errors import QPrunerError
+from qpruner.models.catalog import resolve_model_source
 from qpruner.plan import Plan, PlanError, format_for_bits, is_packed
 
 PLAN_KINDS = ("uniform", "file", "searched")
@@ -48,7 +49,7 @@ def model_config(model_src: str | Path):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(model_src))
+        config = AutoConfig.from_pretrained(resolve_model_source(str(model_src)))
     except (OSError, ValueError) as exc:
         raise QPrunerError(f"cannot read the config of {model_src}: {str(exc).splitlines()[0]}") from exc
     check_model_type(config)

@@ -15,7 +15,11 @@ CHECKS = Checks(models=("model",), inputs=("ppl", "task_dir", "task_data"), out_
 
 def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="size, per-layer shapes, perplexity and zero-shot accuracy of a model")
-    e.add_argument("--model", required=True, help="model directory (pruned, recovered or HF) or hub id")
+    e.add_argument(
+        "--model",
+        required=True,
+        help="model dir (pruned, recovered, HF), hub id, catalog name or .gguf",
+    )
     add_config_flags(e, EVAL_CONFIG)
     e.add_argument("--json", help="also write the report as JSON here")
     add_runtime_flags(e)

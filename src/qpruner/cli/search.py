@@ -80,7 +80,7 @@ def search_config(args: argparse.Namespace, **fixed):
 
 def add_search_parsers(sub) -> None:
     s = sub.add_parser("search", help="search per-layer bits / LoRA ranks under a memory budget (optuna)")
-    s.add_argument("--model", required=True, help="pruned model directory")
+    s.add_argument("--model", required=True, help="pruned model directory (or any model source)")
     s.add_argument("--out", required=True, help="output: plan.json, search.json, report.html, study.db")
     add_search_options(s)
     s.add_argument("--rank", type=int, default=8, help="base LoRA rank (fixed when ranks are not searched)")

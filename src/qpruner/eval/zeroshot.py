@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from qpruner.errors import QPrunerError
@@ -187,7 +188,11 @@ def _make_lm(model: nn.Module, tokenizer, batch_size: int, progress: bool):
 
     if tokenizer is None:
         raise QPrunerError("zero-shot evaluation needs the model's tokenizer")
-    return _LiveLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    # lm-eval wraps every forward in torch.autocast(enabled=mixed_precision_dtype is not None):
+    # left at None it would switch off the caller's autocast (evaluate_model's bf16 compute).
+    kind = next(model.parameters()).device.type
+    mixed = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    return _LiveLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, mixed_precision_dtype=mixed)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qpruner.checkpoint import RECOVERY_FILE, load_base_model, replace_dir, save_pruned
+from qpruner.atomic_dir import replace_dir
+from qpruner.checkpoint import RECOVERY_FILE, load_base_model, save_pruned
 from qpruner.errors import CheckpointError
 from qpruner.plan import Plan
 from qpruner.quant.apply import plan_dtype, quantize_model

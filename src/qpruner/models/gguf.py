@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qpruner.atomic_dir import replace_dir
 from qpruner.errors import QPrunerError, UnsupportedModelError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")  # llama.cpp names (Mistral files often say llama)
@@ -115,8 +116,6 @@ def convert_gguf(
     every dequantized value exactly). ``sha256`` of the file, when the caller already has it,
     saves hashing it again. An existing non-empty ``out_dir`` needs ``overwrite``.
     """
-    from qpruner.checkpoint import replace_dir
-
     if dtype not in DTYPES:
         raise QPrunerError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     info = read_gguf_info(path)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from qpruner.checkpoint import load_base_model, load_tokenizer, replace_dir, save_pruned, stored_layer_shapes
+from qpruner.atomic_dir import replace_dir
+from qpruner.checkpoint import load_base_model, load_tokenizer, save_pruned, stored_layer_shapes
 from qpruner.errors import QPrunerError
 from qpruner.prune.calibration import calibration_samples
 from qpruner.prune.config import PruneConfig, layer_targets

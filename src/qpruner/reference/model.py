@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qpruner.architecture import model_device
-from qpruner.checkpoint import replace_dir
+from qpruner.atomic_dir import replace_dir
 from qpruner.errors import QPrunerError
 from qpruner.reference.corpus import describe_corpus, write_pydoc_corpus
 
