@@ -238,15 +238,17 @@ def test_each_config_gets_only_its_own_flags():
     """``run`` holds three configs; each is built from its own flags only, with RunConfig's defaults."""
     from qpruner.cli import build_parser
     from qpruner.cli.flags import config_from_args
+    from qpruner.cli.run import recovery_config
     from qpruner.eval.evaluate import EvalConfig
-    from qpruner.lora.train import TrainConfig
     from qpruner.pipeline import RunConfig
     from qpruner.prune.config import PruneConfig
 
     args = build_parser().parse_args(["run", "--out", "r", "--micro-batch", "2", "--eval-max-tokens", "5"])
     assert config_from_args(PruneConfig, args).micro_batch == PruneConfig().micro_batch
-    train, default = config_from_args(TrainConfig, args), RunConfig().train
+    train, default = recovery_config(args, "cpu"), RunConfig().train
     assert (train.micro_batch, train.steps, train.batch_size) == (2, default.steps, default.batch_size)
+    gpu = recovery_config(args, "cuda")  # alpaca-lora's recipe, with the flag given
+    assert (gpu.micro_batch, gpu.steps, gpu.epochs, gpu.batch_size, gpu.lr) == (2, None, 2.0, 128, 1e-4)
     assert config_from_args(EvalConfig, args).max_tokens == 5
     args = build_parser().parse_args(["run", "--out", "r"])
     assert config_from_args(EvalConfig, args).max_tokens == RunConfig().eval.max_tokens

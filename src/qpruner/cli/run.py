@@ -7,6 +7,7 @@ training and evaluation configs it embeds with shorter defaults (100 steps, batc
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from qpruner.cli.common import add_runtime_flags
@@ -17,6 +18,14 @@ from qpruner.preflight import Checks
 RUN_CONFIG = "qpruner.pipeline:RunConfig"
 PRUNE_CONFIG = "qpruner.prune.config:PruneConfig"
 EVAL_CONFIG = "qpruner.eval.evaluate:EvalConfig"
+RECIPE_FLAGS = ("steps", "batch_size", "micro_batch", "lr", "cutoff_len")
+_CPU = factory_defaults(RUN_CONFIG, "train")
+RECIPES = (
+    f"Recovery by device, unless set by flags: CPU --steps {_CPU['steps']} --batch-size "
+    f"{_CPU['batch_size']} --micro-batch {_CPU['micro_batch']} (the default run in 30 minutes on 2 "
+    "cores); GPU alpaca-lora's recipe: 2 epochs, --batch-size 128 --micro-batch 4 --lr 1e-4 "
+    "--cutoff-len 256."
+)
 CHECKS = Checks(
     models=("model",), inputs=("calib_data", "train_data", "eval_data", "plan", "task_dir"), out_dir="out"
 )
@@ -24,9 +33,15 @@ CHECKS = Checks(
 
 def add_parser(sub) -> None:
     r = sub.add_parser(
-        "run", help="prune -> quantize + recover -> evaluate, resumable (reference model by default)"
+        "run",
+        help="prune -> quantize + recover -> evaluate, resumable (SmolLM2-135M by default)",
+        epilog=RECIPES,
     )
-    r.add_argument("--model", help="model dir or hub id (default: the reference model, built on first use)")
+    r.add_argument(
+        "--model",
+        help="model dir, hub id, catalog name or .gguf (default: smollm2-135m, fetched on first use, "
+        "else the reference model); 'reference': the project's reference model",
+    )
     r.add_argument("--out", required=True, help="run directory: pruned/, recovered/, run.json")
     add_config_flags(r, PRUNE_CONFIG, only=("ratio", "importance", "layer_start", "layer_end"))
     add_plan_flags(r)
@@ -36,8 +51,8 @@ def add_parser(sub) -> None:
     add_config_flags(
         r,
         TRAIN_CONFIG,
-        only=("steps", "batch_size", "micro_batch", "lr", "cutoff_len"),
-        defaults=factory_defaults(RUN_CONFIG, "train"),
+        only=RECIPE_FLAGS,
+        defaults=dict.fromkeys(RECIPE_FLAGS),  # None: the device's recipe (epilog)
     )
     r.add_argument("--calib-data", help="calibration text (default: the corpus' training text)")
     r.add_argument(
@@ -62,17 +77,14 @@ def run(args: argparse.Namespace) -> None:
     from qpruner.cli.search import search_config
     from qpruner.device import resolve_device
     from qpruner.eval.evaluate import EvalConfig
-    from qpruner.lora.train import TrainConfig
-    from qpruner.pipeline import RunConfig, run_pipeline
+    from qpruner.pipeline import REFERENCE, RunConfig, run_pipeline
     from qpruner.prune.config import PruneConfig
 
-    steps = args.steps
+    device = resolve_device(args.device)
     cfg = RunConfig(
         model=args.model,
         prune=config_from_args(PruneConfig, args),
-        train=config_from_args(
-            TrainConfig, args, warmup_steps=max(1, steps // 10), save_every=max(1, steps // 4)
-        ),
+        train=recovery_config(args, device),
         plan=plan_source(args, search_config(args) if args.memory_budget else None),
         loftq=args.loftq,
         calib_data=args.calib_data,
@@ -80,15 +92,24 @@ def run(args: argparse.Namespace) -> None:
         eval_data=args.eval_data,
         eval=config_from_args(EvalConfig, args),
     )
-    if args.model is None:
+    if args.model == REFERENCE:
         from qpruner.cli.reference import announce_build
 
         announce_build()
-    res = run_pipeline(
-        cfg, args.out, resume=args.resume, device=resolve_device(args.device), progress=not args.no_progress
-    )
+    res = run_pipeline(cfg, args.out, resume=args.resume, device=device, progress=not args.no_progress)
     print(_stage_table(res.stages, cfg.eval.tasks))
     print(f"run summary: {Path(args.out) / 'run.json'}")
+
+
+def recovery_config(args: argparse.Namespace, device):
+    """The device's recovery recipe (:func:`qpruner.pipeline.train_recipe`) with the flags given."""
+    from qpruner.pipeline import train_recipe
+
+    given = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
+    train = replace(train_recipe(device), **given)
+    if train.steps is not None:  # warm up and checkpoint in proportion to a short run
+        train = replace(train, warmup_steps=max(1, train.steps // 10), save_every=max(1, train.steps // 4))
+    return train
 
 
 def _stage_table(stages: dict, tasks: list[str]) -> str:

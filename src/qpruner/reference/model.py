@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from qpruner.architecture import model_device
 from qpruner.atomic_dir import replace_dir
+from qpruner.data_sources import load_tokens, shared_data_candidates
 from qpruner.errors import QPrunerError
 from qpruner.reference.corpus import describe_corpus, write_pydoc_corpus
 
@@ -124,16 +125,7 @@ def resolve_corpus(
     Python's help texts, written under ``cache_dir`` (default cache) in the same two-file layout,
     so a fresh clone still gets a trained reference model; :func:`describe_corpus` names it.
     """
-    if corpus_dir is not None:
-        candidates = [Path(corpus_dir)]
-    elif os.environ.get("QPRUNER_DATA"):
-        candidates = [Path(os.environ["QPRUNER_DATA"]) / "wikitext-2"]
-    else:
-        # From the working directory, then from this file (an editable install inside a
-        # checkout finds ../shared wherever the command is run from).
-        starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
-        dirs = dict.fromkeys(d for start in starts for d in (start, *start.parents))
-        candidates = [d / "shared" / "data" / "wikitext-2" for d in dirs]
+    candidates = [Path(corpus_dir)] if corpus_dir is not None else shared_data_candidates("wikitext-2")
     for c in candidates:
         if (c / TRAIN_FILE).is_file() and (c / TEST_FILE).is_file():
             return c
@@ -318,7 +310,6 @@ def build_reference(
     The entry is written into a temporary directory beside its final place and renamed in one
     step, so an interrupted build never leaves a half-written model that a later run would trust.
     """
-    from qpruner.data_sources import load_tokens
     from qpruner.eval.perplexity import perplexity
 
     cfg = config or ReferenceConfig()
