@@ -184,3 +184,12 @@ def test_real_files_load_with_their_item_counts():
     )
     assert not got["qp_boolq"][0][0].startswith("Passage:")
     assert got["qp_copa"][0] == ("The man turned on the faucet therefore", "  the toilet filled with water.")
+
+
+def test_eval_config_checks_tasks_against_its_task_data(task_data):
+    """What evaluate_model and qpruner run check before loading a model reads the same folder."""
+    from qpruner.eval.evaluate import EvalConfig
+
+    assert EvalConfig(tasks=["qp_copa"], task_data=str(task_data)).check() == ["qp_copa"]
+    with pytest.raises(QPrunerError, match="--task-data"):
+        EvalConfig(tasks=["qp_copa"]).check()

@@ -19,7 +19,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-from peft.helpers import disable_input_dtype_casting
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -135,6 +134,9 @@ def prepared(model: nn.Module, dtype: torch.dtype, device: torch.device | str) -
     (autocast casts for the matmul; a float32 copy of a bf16 input would only cost time and
     memory).
     """
+    # peft deferred: importing it imports bitsandbytes, whose log filter qpruner.quant installs.
+    from peft.helpers import disable_input_dtype_casting
+
     with contextlib.ExitStack() as stack:
         if dtype != torch.float32:
             config = _config(model)

@@ -22,9 +22,9 @@ RECIPE_FLAGS = ("steps", "batch_size", "micro_batch", "lr", "cutoff_len")
 _CPU = factory_defaults(RUN_CONFIG, "train")
 RECIPES = (
     f"Recovery by device, unless set by flags: CPU --steps {_CPU['steps']} --batch-size "
-    f"{_CPU['batch_size']} --micro-batch {_CPU['micro_batch']} (the default run in 30 minutes on 2 "
-    "cores); GPU alpaca-lora's recipe: 2 epochs, --batch-size 128 --micro-batch 4 --lr 1e-4 "
-    "--cutoff-len 256."
+    f"{_CPU['batch_size']} --micro-batch {_CPU['micro_batch']} --lr {_CPU['lr']} --cutoff-len 256 "
+    "(the default run in 30 minutes on 2 cores); GPU alpaca-lora's recipe: 2 epochs, --batch-size "
+    "128 --micro-batch 4 --lr 1e-4 --cutoff-len 256."
 )
 CHECKS = Checks(
     models=("model",), inputs=("calib_data", "train_data", "eval_data", "plan", "task_dir"), out_dir="out"

@@ -72,7 +72,7 @@ class EvalConfig:
 
     def check(self) -> list[str]:
         """Fail early: task names and data are checked before a large model is loaded."""
-        return check_tasks(list(self.tasks), self.task_dir) if self.tasks else []
+        return check_tasks(list(self.tasks), self.task_dir, task_data=self.task_data) if self.tasks else []
 
 
 @dataclass
