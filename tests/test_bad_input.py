@@ -112,6 +112,18 @@ CASES: list[tuple[str, Callable[[Env], list], str, int]] = [
         "only pickle weights (adapter_model.bin)",
         1,
     ),
+    (
+        "search-pickle-only",
+        lambda e: _search(e, *BUDGET, model=e.pickled),
+        "only pickle weights (pytorch_model.bin)",
+        1,
+    ),
+    (  # opted in: the pickle check passes and the search gets as far as its budget
+        "search-allow-pickle",
+        lambda e: _search(e, "--memory-budget", "1KiB", "--allow-pickle", model=e.pickled),
+        "below the cheapest",
+        1,
+    ),
     ("plan-gpt2", lambda e: ["plan", "--model", e.gpt2], "unsupported architecture 'gpt2'", 1),
     ("finetune-gpt2", lambda e: _finetune(e, model=e.gpt2), "unsupported architecture 'gpt2'", 1),
     ("search-gpt2", lambda e: _search(e, *BUDGET, model=e.gpt2), "unsupported architecture 'gpt2'", 1),

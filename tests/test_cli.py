@@ -267,8 +267,22 @@ def test_flag_names_mean_one_thing_across_commands():
                 kind = (getattr(action.type or str, "__name__", None), type(action).__name__, action.dest)
                 if seen.setdefault(option, (command, kind))[1] != kind:
                     clashes.append((option, seen[option][0], command))
-    # --bits: search's list of widths, renamed by the search (its proposal: --search-bits only)
-    assert [c for c in clashes if c[0] != "--bits"] == []
+    assert clashes == []
+
+
+def test_search_bits_flags():
+    """``--bits N`` is one width in ``search`` as everywhere (the width not searched); the list
+    of searched widths is ``--search-bits``; ``--fixed-bits`` still reads as ``--bits``."""
+    from qpruner.cli import build_parser
+    from qpruner.cli.search import search_config
+
+    base = ["search", "--model", "m", "--out", "o", "--train-data", "t", "--memory-budget", "1GiB"]
+    cfg = search_config(build_parser().parse_args([*base, "--bits", "8", "--search-bits", "2,4"]))
+    assert (cfg.fixed_bits, cfg.bits) == (8, (2, 4))
+    assert search_config(build_parser().parse_args([*base, "--fixed-bits", "8"])).fixed_bits == 8
+    assert search_config(build_parser().parse_args(base)).fixed_bits == 4
+    with pytest.raises(SystemExit):  # a list is --search-bits' now
+        build_parser().parse_args([*base, "--bits", "4,8"])
 
 
 def test_one_place_turns_failures_into_one_line(model_dir, monkeypatch, capsys):

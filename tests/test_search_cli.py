@@ -16,7 +16,7 @@ def test_search_then_report_end_to_end(model_dir, text_file, tmp_path, capsys):
     out = tmp_path / "search"
     args = ["search", "--model", str(model_dir), "--out", str(out), "--method", "qpruner"]
     args += [
-        "--bits",
+        "--search-bits",
         "4,8",
         "--memory-budget",
         "64MiB",
@@ -24,7 +24,7 @@ def test_search_then_report_end_to_end(model_dir, text_file, tmp_path, capsys):
         "3",
         "--trial-steps",
         "1",
-    ]  # issue's syntax
+    ]
     args += ["--calib-data", str(text_file), "--layer-importance", "taylor", *_data(text_file)]
     assert main(args) == 0, capsys.readouterr().err
     shown = capsys.readouterr().out

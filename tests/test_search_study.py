@@ -128,3 +128,27 @@ def test_kill_9_mid_trial_loses_only_that_trial(tmp_path):
     assert len(retry) == 1 and retry[0].params == hung.params and retry[0].status == "evaluated"
     # Only the retried plan was trained twice (once lost, once here); 3 more done in this process.
     assert len(ev.seen) == 3 and len(set(ev.seen)) == 3
+
+
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        ({"memory_budget": "1KiB"}, "below the cheapest"),
+        ({"memory_budget": "lots"}, "cannot read memory size"),
+        ({"trials": 0}, "--trials"),
+        ({"storage": "study.db"}, "unsupported storage URL"),
+        ({"storage": "nosuchdialect://u@h/db"}, "cannot open storage|driver missing"),
+        ({"heartbeat": 0}, "heartbeat"),
+        ({"method": "nope"}, "unknown search method"),
+        ({"train_data": None}, "--train-data"),  # the real evaluator needs training text
+    ],
+)
+def test_search_model_checks_everything_before_it_creates_its_output(model_dir, tmp_path, change, words):
+    """The Python API, like the CLI, leaves no empty output directory behind a failed call."""
+    from qpruner.search.from_model import SearchConfig, search_model
+
+    cfg = SearchConfig(**{"memory_budget": "1GiB", "trials": 2, "method": "random", **change})
+    ev = None if "train_data" in change else SyntheticEvaluator(6)
+    with pytest.raises(QPrunerError, match=words):
+        search_model(model_dir, cfg, tmp_path / "a" / "s", evaluator=ev, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qpruner.cli.common import add_runtime_flags
 from qpruner.search.recipe import TRIAL_STEPS
 
 
@@ -84,17 +85,18 @@ def add_search_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="output: plan.json, search.json, report.html, study.db")
     add_search_options(s)
     s.add_argument("--rank", type=int, default=8, help="base LoRA rank (fixed when ranks are not searched)")
-    s.add_argument("--bits", dest="search_bits", type=_ints, default=(4, 8, 16), help="same as --search-bits")
-    s.add_argument(
-        "--fixed-bits", dest="bits", type=int, default=4, help="every layer's bits when bits are not searched"
+    # --bits N means one width in every command (as in plan/finetune/run): here the width of
+    # the layers a method does not search. The widths searched are --search-bits only.
+    s.add_argument("--bits", type=int, default=4, help="every layer's bits when bits are not searched")
+    s.add_argument(  # deprecated spelling of --bits, kept for old scripts
+        "--fixed-bits", dest="bits", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     s.add_argument("--train-data", required=True, help="text or Alpaca JSON for each trial's fine-tune")
     s.add_argument("--eval-data", help="held-out text for the perplexity metric")
     s.add_argument("--calib-data", help="calibration text for layer importance (qpruner, joint)")
     s.add_argument("--task-dir", help="folder of local lm-eval task YAMLs (with --search-metric TASK)")
     s.add_argument("--resume", action="store_true", help="continue the study (after a crash or kill)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--no-progress", action="store_true")
+    add_runtime_flags(s, dtype_help=None)
 
     r = sub.add_parser("report", help="HTML report (Pareto front, per-layer bits and ranks) of a search")
     r.add_argument("path", nargs="?", help="a search dir or a run dir (holding search/)")

@@ -16,13 +16,13 @@ import torch
 
 from qpruner.errors import QPrunerError
 from qpruner.lora.train import TrainConfig
+from qpruner.search import study as st
 from qpruner.search.evaluator import Evaluator
 from qpruner.search.recipe import trial_training
 from qpruner.search.run import SearchResult, run_search
 from qpruner.search.search_run import SearchRun
 from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
 from qpruner.search.space import SearchSpace, parse_size
-from qpruner.search.study import default_storage
 
 
 @dataclass
@@ -109,29 +109,32 @@ def search_model(
     evaluator: Evaluator | None = None,
     log: Callable = print,
 ) -> SearchResult:
-    """Search a plan for the pruned checkpoint ``model_src`` under ``cfg.memory_budget``."""
+    """Search a plan for the pruned checkpoint ``model_src`` under ``cfg.memory_budget``.
+
+    Every setting is checked, the space priced and the evaluator built before ``out_dir`` is
+    created: a call that fails leaves no empty directory behind.
+    """
     out = Path(out_dir)
-    storage = cfg.storage or default_storage(out)
+    _check_settings(cfg)
     if cfg.storage is None and (out / "study.db").exists() and not resume:
         raise QPrunerError(f"{out} already holds a search; pass --resume to continue it or use a new --out")
-    # A storage named with --storage is shared: every worker runs this same command and joins
-    # the study (its settings must match); the default one in --out needs --resume.
-    resume = resume or cfg.storage is not None
-    out.mkdir(parents=True, exist_ok=True)
     budget = parse_size(cfg.memory_budget)
     space = build_space(model_src, cfg, device)
     space.check_budget(budget)  # before the evaluator loads any data
+    if cfg.storage is not None:
+        st.make_storage(cfg.storage, cfg.heartbeat, cfg.grace)  # reachable, its driver installed
     options = dict(cfg.options)
     if cfg.method in USES_IMPORTANCE:
         options.setdefault("importance", importance_source(model_src, cfg, space.base.dtype, device=device))
         options.setdefault("importance_method", cfg.importance)
     if evaluator is None:
         evaluator = _finetune_evaluator(model_src, cfg, device=device, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
     run = SearchRun(
         space=space,
         evaluator=evaluator,
         budget=budget,
-        storage=storage,
+        storage=cfg.storage or st.default_storage(out),
         method=cfg.method,
         trials=cfg.trials,
         study_name=cfg.study_name,
@@ -141,7 +144,18 @@ def search_model(
         heartbeat=cfg.heartbeat,
         grace=cfg.grace,
     )
-    return run_search(run, out, resume=resume, progress=progress, log=log)
+    # A storage named with --storage is shared: every worker runs this same command and joins
+    # the study (its settings must match); the default one in --out needs --resume.
+    return run_search(run, out, resume=resume or cfg.storage is not None, progress=progress, log=log)
+
+
+def _check_settings(cfg: SearchConfig) -> None:
+    """What can be checked from the settings alone, before any file is read or made."""
+    if cfg.trials < 1:
+        raise QPrunerError(f"--trials must be at least 1, got {cfg.trials}")
+    searcher_class(cfg.method)  # a known method
+    st.check_heartbeat(cfg.heartbeat, cfg.grace)
+    parse_size(cfg.memory_budget)
 
 
 def _finetune_evaluator(

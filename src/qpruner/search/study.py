@@ -59,9 +59,8 @@ def make_storage(url: str, heartbeat: int | None = None, grace: int | None = Non
         if db and db != ":memory:" and not Path(db).parent.is_dir():
             raise QPrunerError(f"sqlite storage: directory {Path(db).parent} does not exist")
     kwargs = {}
+    check_heartbeat(heartbeat, grace)
     if heartbeat is not None:
-        if heartbeat < 1 or (grace is not None and grace <= heartbeat):
-            raise QPrunerError(f"need heartbeat >= 1 s and grace > heartbeat, got {heartbeat} and {grace}")
         kwargs = {
             "heartbeat_interval": heartbeat,
             "grace_period": grace or 2 * heartbeat,
@@ -80,6 +79,12 @@ def make_storage(url: str, heartbeat: int | None = None, grace: int | None = Non
     except Exception as exc:  # SQLAlchemy: bad dialect, unreachable server, refused login
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QPrunerError(f"cannot open storage {mask_url(url)}: {first}") from exc
+
+
+def check_heartbeat(heartbeat: int | None, grace: int | None) -> None:
+    """Heartbeat settings a storage can use (checked before a search creates anything)."""
+    if heartbeat is not None and (heartbeat < 1 or (grace is not None and grace <= heartbeat)):
+        raise QPrunerError(f"need heartbeat >= 1 s and grace > heartbeat, got {heartbeat} and {grace}")
 
 
 def _fast_sqlite(engine) -> None:
