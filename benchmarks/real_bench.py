@@ -13,7 +13,7 @@ the task items the table reports. Every row is written to the JSON file as soon 
 and skipped when the file already has it, so the table can be built across several runs
 (rerunning with other settings is refused; use another ``--out``).
 
-    python benchmarks/real_bench.py --quick      # <= 20 min on 2 CPU cores: 20 % only, short
+    python benchmarks/real_bench.py --quick      # ~30 min on 2 shared CPU cores: 20 % only, short
     python benchmarks/real_bench.py              # the full table (hours on 2 CPU cores)
     python benchmarks/real_bench.py --table      # print the table from the JSON, run nothing
 """
@@ -37,7 +37,10 @@ from qpruner.search.recipe import trial_training
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "real_bench.json"
-TASKS = ("boolq", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa", "copa", "lambada")
+TASKS = (  # the shipped offline tasks over ../shared/data/zeroshot (README "Zero-shot tasks")
+    "qp_boolq", "qp_piqa", "qp_arc_easy", "qp_arc_challenge", "qp_winogrande", "qp_openbookqa", "qp_copa",
+    "qp_lambada",
+)  # fmt: skip
 UNIFORM = (  # (row, plan source, LoftQ)
     ("LoRA", PlanSource(bits=16), False),
     ("QLoRA NF4", PlanSource(bits=4), False),
@@ -54,7 +57,7 @@ SEARCHED = (
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="<= 20 min: ratio 0.2, short runs")
+    ap.add_argument("--quick", action="store_true", help="ratio 0.2, 12 steps, 2 trials: a smoke run")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--ratios", default="0.2,0.5")
     ap.add_argument("--layer-start", type=int, default=3)
@@ -72,9 +75,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--table", action="store_true", help="print the table from --out and stop")
     args = ap.parse_args()
     if args.quick:
-        args.ratios, args.steps, args.ppl_tokens, args.limit = "0.2", 30, 20_000, 60
-        args.search_trials, args.search_steps = 4, 5
-        args.tasks = "piqa,arc_easy,winogrande,copa"
+        args.ratios, args.steps, args.ppl_tokens, args.limit = "0.2", 12, 10_000, 50
+        args.search_trials, args.search_steps = 2, 3
+        args.tasks = "qp_piqa,qp_arc_easy,qp_winogrande,qp_copa"
         if args.out == str(RESULTS):
             args.out = str(ROOT / "results" / "real_bench_quick.json")
         args.work += "_quick"

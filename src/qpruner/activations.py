@@ -65,13 +65,16 @@ def layer_bytes(
     wbytes: int,
     attn: int = 4,
     first: bool = False,
-) -> tuple[int, int, int]:
-    """(bytes per token, bytes independent of tokens, pinned bytes per token) one layer keeps.
+) -> tuple[int, int, int, int]:
+    """(bytes per token, bytes independent of tokens, pinned bytes per token, MLP inputs per
+    token) one layer keeps.
 
     ``dims``: ``{module: (out, in, bias)}``; ``wbytes``: the plan dtype's size; ``first``: the
     first layer without checkpointing, whose input needs no gradient (nothing is kept for
     one). Pinned: inputs packed modules keep outside autograd's saved tensors (int8's
-    ``ctx.A``), which activation checkpointing cannot drop.
+    ``ctx.A``), which activation checkpointing cannot drop. MLP inputs: the inputs packed
+    MLP modules keep, gone once the MLP's backward has run (before attention's, where a
+    recomputed layer peaks).
     """
     h = dims["mlp.gate_proj"][1]
     q, kv, i = dims["self_attn.q_proj"][0], dims["self_attn.k_proj"][0], shape.intermediate_size
@@ -101,14 +104,15 @@ def layer_bytes(
             kept[group] = kept.get(group, False) or kept_input(fmt) == "pinned"
         elif autocast and not is_packed(fmt) and DENSE_FORMATS[fmt] // 8 != c:
             fixed += c * in_f * out_f  # autocast's copy of a float32 weight
-    pinned = 0
+    pinned = mlp_inputs = 0
     for group, pin in kept.items():
         size = (c if autocast else act) * width[group]
         # Without autocast o_proj's input is the output attention keeps anyway (not under
         # checkpointing, where only pinned inputs stay).
         per_token += 0 if (group == "o" and not autocast) else size
         pinned += size if pin else 0
-    return per_token, fixed, pinned
+        mlp_inputs += size if group in ("gate_up", "down") else 0
+    return per_token, fixed, pinned, mlp_inputs
 
 
 def dequant_peak(dims: dict, lp: LayerPlan, *, c: int, wbytes: int) -> int:
@@ -156,18 +160,21 @@ def step_bytes(
     :func:`dequant_peak`.
     """
     t, h, c = step.tokens, config["hidden_size"], step.compute_bytes
-    per_layer = [pt * t + fixed for pt, fixed, _ in layers]
+    per_layer = [pt * t + fixed for pt, fixed, _, _ in layers]
     a, b = _TRANSIENT[(4 if c >= 4 else 2, step.checkpointing)]
     # A layer's worst moment: its activation transients, or one packed weight's dequantization.
     transient = max(t * (a * h + b * config["widest"]), dequant)
     final_norm = (4 * h + 4) * t
     if step.checkpointing:
-        kept = sum(t * (h * wbytes + pinned) for _, _, pinned in layers) + final_norm
+        kept = sum(t * (h * wbytes + pinned) for _, _, pinned, _ in layers) + final_norm
         n = len(layers)
         # Backward recomputes one layer at a time, last first: its kept input goes, the LoRA
         # gradients of the layers above it have come (pinned inputs stay until the graph
         # goes). Both linear in depth: an end is worst.
-        backward = max(per_layer) + transient + kept + max(0, (n - 1) * (max(lora) - t * h * wbytes))
+        # In float32 the recomputed layer peaks in attention's backward, after its MLP's kept
+        # inputs are gone (measured: TensorPeakMeter, int8 and hqq); under autocast in the MLP.
+        recomputed = max(per_layer[k] - (0 if c < 4 else t * layers[k][3]) for k in range(n))
+        backward = recomputed + transient + kept + max(0, (n - 1) * (max(lora) - t * h * wbytes))
     else:
         kept = sum(per_layer[1:]) + first[0] * t + first[1] + final_norm
         backward = kept + transient + lora[-1]
