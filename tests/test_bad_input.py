@@ -232,6 +232,12 @@ CASES: list[tuple[str, Callable[[Env], list], str, int]] = [
     ),  # fmt: skip
     ("run-out-cwd", lambda e: ["run", "--model", e.model, "--out", ".", "--resume"], "working directory", 1),
     ("search-bad-budget", lambda e: _search(e, "--memory-budget", "lots"), "cannot read memory size", 1),
+    (
+        "search-bad-reference-budget",
+        lambda e: _search(e, "--memory-budget", "uniform:5"),
+        "no format for 5-bit weights",
+        1,
+    ),
     ("report-nothing", lambda e: ["report", e.root / "nowhere"], "no search found", 1),
     ("import-missing-gguf", lambda e: ["import", e.root / "nope.gguf", "--out", "g"], "not found", 1),
     ("reference-missing-corpus", lambda e: ["reference", "--corpus-dir", e.root / "nowhere"], "not found", 1),

@@ -24,7 +24,9 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
     p.add_argument(
         "--memory-budget",
         required=not in_run,
-        help="fine-tuning memory budget, e.g. 6GiB" + (" (turns the search stage on)" if in_run else ""),
+        help="fine-tuning memory budget: a size (6GiB), a reference plan (nf4, int8, uniform:BITS[:RANK], "
+        "priced at the trials' batch and length) or a share of the 16-bit plan (70%%)"
+        + (" (turns the search stage on)" if in_run else ""),
     )
     p.add_argument("--space", choices=["bits", "ranks", "joint"], help="searched: default the method's")
     p.add_argument(
@@ -124,7 +126,8 @@ def print_result(res) -> None:
 
     s = res.summary
     n_ev, n_rej = count(s.records, Status.EVALUATED), count(s.records, Status.REJECTED)
-    print(f"{s.method}: {n_ev} plans evaluated, {n_rej} refused over budget ({format_bytes(s.budget)})")
+    print(f"{s.method}: {n_ev} plans evaluated, {n_rej} refused over budget")
+    print(f"budget: {s.budget_text()}")
     best = s.chosen_trial
     if best is None:
         print("no plan was evaluated")
@@ -132,7 +135,7 @@ def print_result(res) -> None:
     measured = format_bytes(best.memory_measured) if best.memory_measured else "n/a"
     print(
         f"best: trial {best.number}, {s.metric} {best.error:.4f}, memory predicted "
-        f"{format_bytes(best.memory_predicted)} / measured {measured}"
+        f"{format_bytes(best.memory_predicted)} / measured {measured}{s.at()}"
     )
     if res.out_dir is not None:
         print(f"plan: {res.out_dir / 'plan.json'}   report: {res.out_dir / 'report.html'}")

@@ -1,6 +1,7 @@
 """Stage 4: search the per-layer plan (bits, LoRA ranks) under a memory budget.
 
 - :mod:`~qpruner.search.space` — per-layer choices, their plan and price;
+- :mod:`~qpruner.search.budget` — the memory budget as stated (a size, a reference plan, a share) → bytes;
 - :mod:`~qpruner.search.searchers` — QPruner, AutoMixQ, RankAdaptor, joint, random;
 - :mod:`~qpruner.search.evaluator` — a plan's error and measured memory after a short fine-tune
   (:mod:`~qpruner.search.recipe`: the one training recipe of a trial);
@@ -19,6 +20,9 @@ import importlib
 # Loaded on first use: the CLI builds its parser from this package without paying for
 # sklearn, optuna and matplotlib.
 _LAZY = {
+    "Budget": "qpruner.search.budget",
+    "parse_budget": "qpruner.search.budget",
+    "resolve_budget": "qpruner.search.budget",
     "SearchConfig": "qpruner.search.from_model",
     "SearchRun": "qpruner.search.search_run",
     "run_search": "qpruner.search.run",
@@ -37,11 +41,14 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Budget",
     "InfeasibleBudget",
     "SearchConfig",
     "SearchRun",
     "SearchSpace",
+    "parse_budget",
     "parse_size",
+    "resolve_budget",
     "run_search",
     "search_model",
     "trial_training",

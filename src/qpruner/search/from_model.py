@@ -17,18 +17,19 @@ import torch
 from qpruner.errors import QPrunerError
 from qpruner.lora.train import TrainConfig
 from qpruner.search import study as st
+from qpruner.search.budget import parse_budget, resolve_budget
 from qpruner.search.evaluator import Evaluator
 from qpruner.search.recipe import trial_training
 from qpruner.search.run import SearchResult, run_search
 from qpruner.search.search_run import SearchRun
 from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
-from qpruner.search.space import SearchSpace, parse_size
+from qpruner.search.space import SearchSpace
 
 
 @dataclass
 class SearchConfig:
     method: str = "qpruner"
-    memory_budget: str | int = "6GiB"
+    memory_budget: str | int = "6GiB"  # a size, a reference plan (nf4, uniform:4:8) or a share (70%)
     space: str | None = None  # bits | ranks | joint; None: the method's own
     bits: tuple[int, ...] = (4, 8, 16)
     ranks: tuple[int, ...] = (2, 4, 8, 16)
@@ -118,9 +119,9 @@ def search_model(
     _check_settings(cfg)
     if cfg.storage is None and (out / "study.db").exists() and not resume:
         raise QPrunerError(f"{out} already holds a search; pass --resume to continue it or use a new --out")
-    budget = parse_size(cfg.memory_budget)
     space = build_space(model_src, cfg, device)
-    space.check_budget(budget)  # before the evaluator loads any data
+    budget = resolve_budget(cfg.memory_budget, space)  # a reference plan is priced on the space
+    space.check_budget(budget.bytes, budget.stated())  # before the evaluator loads any data
     if cfg.storage is not None:
         st.make_storage(cfg.storage, cfg.heartbeat, cfg.grace)  # reachable, its driver installed
     options = dict(cfg.options)
@@ -155,7 +156,7 @@ def _check_settings(cfg: SearchConfig) -> None:
         raise QPrunerError(f"--trials must be at least 1, got {cfg.trials}")
     searcher_class(cfg.method)  # a known method
     st.check_heartbeat(cfg.heartbeat, cfg.grace)
-    parse_size(cfg.memory_budget)
+    parse_budget(cfg.memory_budget)
 
 
 def _finetune_evaluator(

@@ -30,11 +30,27 @@ class SearchSummary:
     study_name: str = ""
     storage: str = ""  # password masked
     extra: dict = field(default_factory=dict)  # importance, initial allocation, space, ...
+    memory_at: str | None = None  # the micro-batch every memory figure assumes: "4 × 256 tokens"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["records"] = [r.to_dict() for r in self.records]
+        d["budget_text"] = self.budget_text()
         return d
+
+    def at(self) -> str:
+        """`` at 4 × 256 tokens``: what every memory figure of this search assumes."""
+        return f" at {self.memory_at}" if self.memory_at else ""
+
+    def budget_text(self) -> str:
+        """``1.21 GiB at 4 × 256 tokens (nf4: the uniform nf4 plan, rank 8)``."""
+        from qpruner.units import format_bytes
+
+        if self.budget is None:
+            return "none"
+        stated = self.extra.get("budget_stated") or {}
+        said = f" ({stated.get('text')}: {stated['reference']})" if stated.get("reference") else ""
+        return f"{format_bytes(self.budget)}{self.at()}{said}"
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchSummary:
@@ -124,7 +140,7 @@ def pareto_png(s: SearchSummary) -> bytes:
         )
     if s.budget:
         ax.axvline(s.budget / MIB, ls="--", c="k", lw=1, label="budget (predicted memory)")
-    ax.set_xlabel("fine-tuning memory, MiB (measured where measured)")
+    ax.set_xlabel(f"fine-tuning memory{s.at()}, MiB (measured where measured)")
     ax.set_ylabel(s.metric)
     ax.set_title(f"{s.method}: every trial, the front highlighted")
     if ev or rej:
@@ -237,7 +253,8 @@ def _facts(s: SearchSummary) -> list[list[str]]:
     facts = [
         ["method", s.method],
         ["metric (lower is better)", s.metric],
-        ["memory budget MiB", _mib(s.budget)],
+        ["memory budget", s.budget_text()],
+        ["memory figures", f"fine-tuning peak{s.at()} per micro-batch, MiB"],
         [
             "trials evaluated / refused / failed",
             f"{n[Status.EVALUATED]} / {n[Status.REJECTED]} / {n[Status.FAILED]}",
@@ -251,7 +268,7 @@ def _facts(s: SearchSummary) -> list[list[str]]:
             [
                 "chosen",
                 f"trial {chosen.number}: {s.metric} {_num(chosen.error)}, memory predicted "
-                f"{_mib(chosen.memory_predicted)} / measured {_mib(chosen.memory_measured)} MiB",
+                f"{_mib(chosen.memory_predicted)} / measured {_mib(chosen.memory_measured)} MiB{s.at()}",
             ]
         )
     return facts

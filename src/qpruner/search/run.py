@@ -61,7 +61,9 @@ def run_search(
 
     if run.trials < 1:
         raise QPrunerError(f"--trials must be at least 1, got {run.trials}")
-    run.space.check_budget(run.budget)  # one-line errors before anything is created
+    run.space.check_budget(
+        run.budget, run.stated_budget.stated()
+    )  # one-line errors before anything is created
     identity = run.identity()
     storage = st.make_storage(run.storage, run.heartbeat, run.grace)
     verbosity = optuna.logging.get_verbosity()
@@ -71,6 +73,9 @@ def run_search(
         study = st.open_study(
             storage, run.study_name, identity, resume=resume, sampler=run.searcher.sampler()
         )
+        # How the budget was stated ("nf4", "70%"): shown beside its bytes, not part of the identity
+        # (a worker stating the same bytes another way joins the study).
+        study.set_user_attr(st.BUDGET_ATTR, run.stated_budget.to_dict())
         run.searcher.setup(study)
         objective = functools.partial(run_trial, run)
         done0 = count(st.records(study))
@@ -110,6 +115,7 @@ def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:
     best = choose_trial(recs, budget) if budget is not None else None
     metric = (ident.get("evaluator") or {}).get("metric_name", "error")
     extra = {k: v for k, v in study.user_attrs.items() if k != st.IDENTITY_ATTR}
+    space = ident.get("space") or {}
     extra["space"] = ident.get("space")
     return SearchSummary(
         method=ident.get("method", "?"),
@@ -120,6 +126,7 @@ def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:
         study_name=study.study_name,
         storage=st.mask_url(storage),
         extra=extra,
+        memory_at=f"{space['batch']} × {space['seq_len']} tokens" if "batch" in space else None,
     )
 
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from qpruner.errors import QPrunerError
+from qpruner.search.budget import Budget, BudgetSpec, resolve_budget
 from qpruner.search.evaluator import Evaluator
 from qpruner.search.searchers import searcher_class
 from qpruner.search.searchers.base import Searcher
-from qpruner.search.space import SearchSpace, parse_size
+from qpruner.search.space import SearchSpace
 
 
 @dataclass
@@ -28,7 +29,7 @@ class SearchRun:
 
     space: SearchSpace
     evaluator: Evaluator
-    budget: int | str  # bytes, or a size such as "6GiB"
+    budget: int | str | BudgetSpec | Budget  # bytes, "6GiB", "nf4", "uniform:4:8", "70%": bytes after init
     storage: str  # optuna storage URL: sqlite:///…, postgresql://…, journal:///…
     method: str = "random"  # the searcher, by ``--method`` name
     trials: int = 40
@@ -40,9 +41,11 @@ class SearchRun:
     grace: int | None = None
     db_retries: int = 5
     db_backoff: float = 2.0
+    stated_budget: Budget = field(init=False, repr=False)  # the budget as stated, with its bytes
 
     def __post_init__(self) -> None:
-        self.budget = parse_size(self.budget)
+        self.stated_budget = resolve_budget(self.budget, self.space)
+        self.budget = self.stated_budget.bytes
         self.study_name = self.study_name or self.method
 
     @cached_property

@@ -184,8 +184,28 @@ class SearchSpace:
         return base, per_layer, lora_per_rank
 
     def _price(self, bits: list[int], ranks: list[int]) -> int:
-        plan = self.plan(self._fixed(bits, ranks))
+        return self.price(self.plan(self._fixed(bits, ranks)))
+
+    def price(self, plan: Plan) -> int:
+        """Any plan's predicted fine-tuning bytes at the space's batch and length: how every
+        trial is priced, so a budget stated as a reference plan means the same bytes."""
         return estimate(self.model_config, plan, self.batch, self.seq_len, self.gradient_checkpointing).total
+
+    @property
+    def tokens(self) -> str:
+        """The micro-batch every memory figure assumes, e.g. ``4 × 256 tokens``."""
+        return f"{self.batch} × {self.seq_len} tokens"
+
+    def uniform(self, weight_format: str, rank: int) -> Plan:
+        """Every layer at ``weight_format`` and ``rank`` over the space's shapes (a reference plan)."""
+        plan = self.plan({})
+        for lp in plan.layers:
+            lp.weight_format, lp.lora_rank, lp.lora_alpha = (
+                weight_format,
+                rank,
+                float(self.alpha_per_rank * rank),
+            )
+        return plan
 
     def _lora(self, bits: list[int], ranks: list[int]) -> int:
         plan = self.plan(self._fixed(bits, ranks))
@@ -204,9 +224,7 @@ class SearchSpace:
 
     def memory_exact(self, choices: dict[str, int]) -> int:
         """The same price through the full memory model (slower; what :meth:`memory` must equal)."""
-        return estimate(
-            self.model_config, self.plan(choices), self.batch, self.seq_len, self.gradient_checkpointing
-        ).total
+        return self.price(self.plan(choices))
 
     def lora_params(self, choices: dict[str, int]) -> int:
         """Trainable LoRA parameters: RankAdaptor keeps this at most the uniform plan's."""
@@ -217,15 +235,20 @@ class SearchSpace:
         """The lowest-memory plan of the space: fewest bits, smallest ranks."""
         return {k: min(v) for k, v in self.param_choices.items()}
 
-    def check_budget(self, budget: int) -> None:
-        """Refuse, before any training, a budget that even the cheapest plan exceeds."""
+    def check_budget(self, budget: int, stated: str | None = None) -> None:
+        """Refuse, before any training, a budget that even the cheapest plan exceeds.
+
+        ``stated``: how the user wrote the budget (a reference plan, a share), named in the error.
+        """
         from qpruner.units import format_bytes
 
         low = self.memory(self.cheapest())
         if low > budget:
+            said = f" ({stated})" if stated else ""
+            bits = min(self.bits) if self.searches_bits else self.fixed_bits
             raise InfeasibleBudget(
-                f"memory budget {format_bytes(budget)} is below the cheapest plan of this space "
-                f"({format_bytes(low)} at {min(self.bits) if self.searches_bits else self.fixed_bits} bits, "
+                f"memory budget {format_bytes(budget)}{said} at {self.tokens} is below the cheapest plan "
+                f"of this space ({format_bytes(low)} at {bits} bits, "
                 f"rank {min(self.ranks) if self.searches_ranks else self.fixed_rank}); raise the budget "
                 "or allow fewer bits / smaller ranks"
             )

@@ -21,6 +21,7 @@ from qpruner.search.records import Status, TrialRecord
 
 IDENTITY_ATTR = "qpruner"
 WORKER_ATTR = "worker"
+BUDGET_ATTR = "budget_stated"
 
 
 def default_storage(out_dir: str | Path) -> str:
