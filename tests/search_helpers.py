@@ -62,6 +62,8 @@ class SyntheticEvaluator:
         self.calls = 0
         self.hang_at, self.marker = hang_at, marker
         self.seen: list[tuple] = []
+        self.gap = 2.0  # multi-fidelity: how much worse a plan looks before any training
+        self.points: list[int] = []
 
     def describe(self) -> dict:
         return {"name": "synthetic", "w": self.w, "v": self.v}
@@ -84,6 +86,19 @@ class SyntheticEvaluator:
         err = sum(w * 2.0 ** (-b) for w, b in zip(self.w, bits, strict=True))
         err += sum(v / r for v, r in zip(self.v, ranks, strict=True))
         return Evaluation(1.0 + err, None, {"synthetic": err})
+
+    def curve(self, plan: Plan, steps):
+        """A known learning curve: the final error plus ``gap`` x (1 - the budget share), which
+        falls from ``gap`` at 0 steps to 0 at the last; ``self.points`` counts the points each
+        trial was asked for (fewer than ``len(steps)``: stopped early)."""
+        from qpruner.search.records import budget_share
+
+        final = self(plan)
+        self.points.append(0)
+        for s in steps:
+            self.points[-1] += 1
+            early = self.gap * (1 - budget_share(s, steps[-1]))
+            yield Evaluation(final.error + early, final.memory if s == steps[-1] else None, {"steps": s})
 
 
 def worker(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from qpruner.cli import main
 from qpruner.plan import Plan
@@ -28,7 +29,11 @@ def test_search_then_report_end_to_end(model_dir, text_file, tmp_path, capsys):
     args += ["--calib-data", str(text_file), "--layer-importance", "taylor", *_data(text_file)]
     assert main(args) == 0, capsys.readouterr().err
     shown = capsys.readouterr().out
-    assert "qpruner: 3 plans evaluated" in shown and "best: trial" in shown
+    # multi-fidelity (the default): each plan screened untrained, then trained; some may stop early
+    evaluated, stopped = map(
+        int, re.search(r"qpruner: (\d+) plans evaluated, (\d+) stopped early", shown).groups()
+    )
+    assert evaluated >= 1 and evaluated + stopped == 3 and "best: trial" in shown
     plan = Plan.load(out / "plan.json")
     plan.validate(num_layers=6)
     assert {lp.weight_format for lp in plan.layers} <= {"nf4", "int8"}
@@ -43,7 +48,12 @@ def test_search_then_report_end_to_end(model_dir, text_file, tmp_path, capsys):
     # again without --resume: refused; with --resume and more trials: continues the study
     assert main(args) == 1 and "--resume" in capsys.readouterr().err
     assert main([*args[: -len(_data(text_file))], *_data(text_file), "--resume", "--trials", "4"]) == 0
-    assert "4 plans evaluated" in capsys.readouterr().out
+    evaluated, stopped = map(
+        int, re.search(r"(\d+) plans evaluated, (\d+) stopped", capsys.readouterr().out).groups()
+    )
+    assert evaluated + stopped == 4
+    curves = [r["curve"] for r in json.loads((out / "search.json").read_text())["records"] if r["curve"]]
+    assert len(curves) == 4 and all([s for s, _ in c] in ([0], [0, 1]) for c in curves)
 
 
 def test_search_errors_are_one_line(model_dir, text_file, tmp_path, capsys):
@@ -83,11 +93,14 @@ def test_run_with_a_memory_budget_searches_then_recovers(model_dir, text_file, t
     ]
     args += ["--steps", "2", "--batch-size", "2", "--micro-batch", "2", "--cutoff-len", "32"]
     args += ["--eval-max-tokens", "300", "--memory-budget", "64MiB", "--method", "automixq"]
-    args += ["--search-bits", "4,8", "--trials", "2", "--trial-steps", "1", *_data(text_file)]
+    args += ["--search-bits", "4,8", "--trials", "2", "--trial-steps", "1", "--no-multi-fidelity"]
+    args += _data(text_file)
     assert main(args) == 0, capsys.readouterr().err
     run = json.loads((out / "run.json").read_text())
     assert list(run["stages"]) == ["dense", "prune", "search", "recover"]
     searched = Plan.load(out / "search" / "plan.json")
+    records = json.loads((out / "search" / "search.json").read_text())["records"]
+    assert [r["curve"] for r in records] == [[], []]  # scored once each
     recovered = Plan.load(out / "recovered" / "plan.json")
     assert [lp.weight_format for lp in recovered.layers] == [lp.weight_format for lp in searched.layers]
     assert [lp.lora_rank for lp in recovered.layers] == [lp.lora_rank for lp in searched.layers]

@@ -94,3 +94,23 @@ def test_empty_search_and_missing_predictions(tmp_path):
     assert "fewer than 2 trials carry a model prediction" in page
     assert not (tmp_path / "p" / "performance_model.png").exists()
     assert page.count("data:image/png;base64,") == 3
+
+
+def test_the_report_draws_each_trials_curve(tmp_path):
+    """Multi-fidelity: every trial's error against its training steps, stopped ones included."""
+    s = _summary()
+    s.records[0].curve = [[0, 9.0], [5, 4.0], [10, 3.2], [20, 3.0]]
+    s.records[7].curve = [[0, 9.0], [5, 4.0], [10, 3.2], [20, 3.0]]
+    s.records.append(
+        TrialRecord(8, "pruned", {"bits_0": 8}, curve=[[0, 12.0], [5, 6.5]], fidelities=[0, 5, 10, 20])
+    )
+    page = write_report(s, tmp_path).read_text()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Learning curves" in page and page.count("data:image/png;base64,") == 5
+    assert "<td>0: 12 · 5: 6.5</td>" in page and "<td>pruned</td>" in page
+    assert "evaluated / stopped early / refused / failed</td><td>6 / 1 / 1 / 1" in page
+    again = SearchSummary.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again.records[8].curve == [[0, 12.0], [5, 6.5]]
+    # scored once per trial: no curve figure, and none left from an earlier render
+    page = write_report(_summary(), tmp_path).read_text()
+    assert "each trial was scored once" in page and not (tmp_path / "curves.png").exists()

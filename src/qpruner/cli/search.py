@@ -37,8 +37,16 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
         help="bit widths per layer to choose from (16: unquantized)",
     )
     p.add_argument("--ranks", type=_ints, default=(2, 4, 8, 16), help="LoRA ranks per layer to choose from")
-    p.add_argument("--trials", type=int, default=40, help="evaluated plans in the whole study")
+    p.add_argument(
+        "--trials", type=int, default=40, help="plans tried in the whole study (evaluated or stopped early)"
+    )
     p.add_argument("--trial-steps", type=int, default=TRIAL_STEPS, help="fine-tune steps per trial")
+    p.add_argument(
+        "--no-multi-fidelity",
+        action="store_true",
+        help="score each trial once, at its end (default: before training and after 1/4, 1/2 and all "
+        "its steps, optuna's successive halving stopping weak plans early)",
+    )
     p.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.db); postgresql://...")
     p.add_argument("--study-name", help="study name (default: the method)")
     p.add_argument("--heartbeat", type=int, help="RDB storages: seconds between beats of a running trial")
@@ -77,6 +85,7 @@ def search_config(args: argparse.Namespace, **fixed):
         task_dir=getattr(args, "task_dir", None),
         train=trial_training(args.trial_steps),
         importance=args.layer_importance,
+        multi_fidelity=not args.no_multi_fidelity,
         **fixed,
     )
 
@@ -126,7 +135,8 @@ def print_result(res) -> None:
 
     s = res.summary
     n_ev, n_rej = count(s.records, Status.EVALUATED), count(s.records, Status.REJECTED)
-    print(f"{s.method}: {n_ev} plans evaluated, {n_rej} refused over budget")
+    n_stop = count(s.records, Status.PRUNED)
+    print(f"{s.method}: {n_ev} plans evaluated, {n_stop} stopped early, {n_rej} refused over budget")
     print(f"budget: {s.budget_text()}")
     best = s.chosen_trial
     if best is None:

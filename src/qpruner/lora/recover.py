@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from qpruner.architecture import layer_shapes
+from qpruner.architecture import layer_shapes, model_device
 from qpruner.checkpoint import load_base_model, load_tokenizer
 from qpruner.errors import QPrunerError
 from qpruner.lora.apply import apply_plan
@@ -63,12 +63,14 @@ def train_plan(
     identity: dict | None = None,
     progress: bool = True,
     validated: bool = False,
+    stop_at: int | None = None,
 ) -> TrainedPlan:
     """Load, quantize per ``plan``, train LoRA, and price it: predicted and measured memory.
 
     Shared by :func:`finetune` (which then saves) and the search's evaluator (which only
     scores the model it returns), so a searched plan is measured exactly as it is recovered.
     ``validated``: the caller checked the plan against ``model_src`` where it entered.
+    ``stop_at``: train that many steps only (0: none), to go on with :func:`continue_plan`.
     """
     if not validated:
         check_stored_fit(plan, model_src)
@@ -82,16 +84,44 @@ def train_plan(
     torch.manual_seed(cfg.seed)  # LoRA A's random init: the same run twice gives the same adapter
     peft_model = apply_plan(model, plan, loftq=loftq, progress=progress, validated=True)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     identity = identity if identity is not None else {"plan": plan.to_dict() | {"memory": {}, "metadata": {}}}
-    result = train(peft_model, examples, cfg, ckpt_dir, pad_id, resume, identity, progress)
-    # CUDA: the allocator's peak. CPU: the tensor-level peak (comparable with CUDA's); the
-    # resident-set peak, which adds allocator slack, is kept beside it.
+    result = train(peft_model, examples, cfg, ckpt_dir, _pad_id(tokenizer), resume, identity, progress,
+                   stop_at=stop_at)  # fmt: skip
+    measured = _measured(peft_model, result, device)
+    return TrainedPlan(peft_model, result, predicted, measured, trainable)
+
+
+def continue_plan(
+    trained: TrainedPlan,
+    examples: list,
+    cfg: TrainConfig,
+    ckpt_dir: Path,
+    *,
+    tokenizer,
+    identity: dict,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainedPlan:
+    """Go on training a :func:`train_plan` stopped with ``stop_at``, from its checkpoint in
+    ``ckpt_dir`` (same ``cfg`` and ``identity``), to ``stop_at`` again or to the end."""
+    device = model_device(trained.model)
+    result = train(trained.model, examples, cfg, ckpt_dir, _pad_id(tokenizer), True, identity, progress,
+                   stop_at=stop_at)  # fmt: skip
+    return replace(trained, train=result, measured=_measured(trained.model, result, device))
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def _measured(model, result: TrainResult, device) -> MemoryReport:
+    """CUDA: the allocator's peak. CPU: the tensor-level peak (comparable with CUDA's); the
+    resident-set peak, which adds allocator slack, is kept beside it."""
     on_cuda = torch.device(device).type == "cuda"
     step_peak = result.step_peak_bytes if on_cuda else result.step_tensor_peak
-    measured = measured_report(peft_model, None, step_peak, {"rss_step_peak": result.step_peak_bytes})
+    measured = measured_report(model, None, step_peak, {"rss_step_peak": result.step_peak_bytes})
     measured.components["optimizer_states"] = result.optimizer_bytes
-    return TrainedPlan(peft_model, result, predicted, measured, trainable)
+    return measured
 
 
 def finetune(

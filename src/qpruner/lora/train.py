@@ -279,11 +279,16 @@ def train(
     resume: bool = False,
     identity: dict | None = None,
     progress: bool = True,
+    *,
+    stop_at: int | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``examples``; checkpoint into ``ckpt_dir``.
 
     ``identity`` (plan, base model, data) goes into the checkpoint fingerprint: resuming a
-    run with other settings is refused instead of silently mixing two runs.
+    run with other settings is refused instead of silently mixing two runs. ``stop_at``: stop
+    after that many steps (checkpointed there); a later call with ``resume`` continues the same
+    run — the search's multi-fidelity trials score the adapter in between, and the pieces add
+    up to the uninterrupted run (the checkpoint holds the optimizer, schedule and RNG).
     """
     ckpt_dir = Path(ckpt_dir)
     fingerprint = _fingerprint(config, {**(identity or {}), "n_examples": len(examples)})
@@ -304,26 +309,40 @@ def train(
     device = model_device(model)
     compute = resolve_compute_dtype(config.compute_dtype, device)
     with prepared(model, compute, device):
+        end = total if stop_at is None else min(stop_at, total)
         result = _loop(model, schedule, config, optimizer, scheduler, ckpt_dir, start=start, total=total,
-                       compute=compute, fingerprint=fingerprint, progress=progress)  # fmt: skip
+                       end=end, compute=compute, fingerprint=fingerprint, progress=progress)  # fmt: skip
     result.optimizer_bytes = held_memory(model, optimizer)["optimizer_states"]
     model.eval()
     return result
 
 
 def _loop(
-    model, schedule, config, optimizer, scheduler, ckpt_dir, *, start, total, compute, fingerprint, progress
+    model,
+    schedule,
+    config,
+    optimizer,
+    scheduler,
+    ckpt_dir,
+    *,
+    start,
+    total,
+    end,
+    compute,
+    fingerprint,
+    progress,
 ):
-    """The optimizer steps from ``start`` to ``total``: metered, timed and checkpointed."""
+    """The optimizer steps from ``start`` to ``end`` (of ``total``): metered, timed and checkpointed."""
     params = list(_trainable(model).values())
     device = model_device(model)
     result = TrainResult(steps=total, resumed_from=start)
     bar = tqdm(total=total, initial=start, desc="recover", unit="step", disable=not progress)
     t0 = time.perf_counter()
     step_times = []
-    for step in range(start, total):
+    for step in range(start, end):
         ts = time.perf_counter()
-        metered = step == (start + 1 if total - start >= 2 else start)
+        # One step is metered (tensor by tensor: slow on CPU), in the piece that ends the run.
+        metered = end == total and step == (start + 1 if end - start >= 2 else start)
         tensors = TensorPeakMeter(_preexisting(model, optimizer)) if metered else contextlib.nullcontext()
         with PeakMeter(device) as meter, tensors:
             batches = (schedule.batch(step * config.accumulation + m) for m in range(config.accumulation))
@@ -337,14 +356,14 @@ def _loop(
             result.step_peak_bytes = max(result.step_peak_bytes or 0, meter.growth)
         if metered:
             result.step_tensor_peak = tensors.peak
-        if not metered or total - start == 1:  # the metered step runs slower
+        if not metered or end - start == 1:  # the metered step runs slower
             step_times.append(time.perf_counter() - ts)
         result.losses.append(step_loss)
         result.tokens += step_tokens
         elapsed = time.perf_counter() - t0
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
         bar.update(1)
-        if (step + 1) % config.save_every == 0 or step + 1 == total:
+        if (step + 1) % config.save_every == 0 or step + 1 in (total, end):
             state = {"fingerprint": fingerprint, "losses_tail": result.losses[-50:]}
             save_checkpoint(ckpt_dir, step + 1, model, optimizer, scheduler, state, config.keep_checkpoints)
     bar.close()

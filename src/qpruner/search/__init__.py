@@ -5,6 +5,8 @@
 - :mod:`~qpruner.search.searchers` — QPruner, AutoMixQ, RankAdaptor, joint, random;
 - :mod:`~qpruner.search.evaluator` — a plan's error and measured memory after a short fine-tune
   (:mod:`~qpruner.search.recipe`: the one training recipe of a trial);
+- :mod:`~qpruner.search.fidelity` — multi-fidelity trials: scored as they train, weak plans stopped
+  early by optuna's successive halving;
 - :mod:`~qpruner.search.layer_importance` — per-layer scores for QPruner's bit allocation;
 - :mod:`~qpruner.search.study` — optuna storage (SQLite, PostgreSQL, journal file), resume;
 - :mod:`~qpruner.search.records` — what a trial stores, its :class:`Status`, the chosen trial;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,10 @@ class Evaluation:
 
 
 class Evaluator(Protocol):
+    """What scores a plan. A multi-fidelity search also asks for ``curve(plan, steps)``: an
+    :class:`Evaluation` after each number of training steps, the last one the full trial's
+    (:meth:`FinetuneEvaluator.curve`)."""
+
     metric: str  # how the error reads in reports, e.g. "perplexity"
 
     def __call__(self, plan: Plan) -> Evaluation: ...
@@ -63,6 +68,7 @@ class FinetuneEvaluator:
     device: str = "cpu"
     loftq: bool = False
     progress: bool = False
+    screen_tokens: int | None = 4096  # held-out tokens scoring a multi-fidelity trial's early points
 
     def __post_init__(self) -> None:
         from qpruner.checkpoint import load_tokenizer
@@ -89,52 +95,73 @@ class FinetuneEvaluator:
         return "perplexity" if self.metric_name == "ppl" else f"1 - acc ({self.metric_name})"
 
     def describe(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("progress", "device")}
+        # screen_tokens: part of the run's fidelity settings (SearchRun.identity), not of every study's
+        d = {k: v for k, v in asdict(self).items() if k not in ("progress", "device", "screen_tokens")}
         skip = ("save_every", "keep_checkpoints")
         d["train"] = {k: v for k, v in asdict(self.train).items() if k not in skip}
         return d
 
     def __call__(self, plan: Plan) -> Evaluation:
-        from qpruner.lora.recover import train_plan
+        return list(self.curve(plan, (None,)))[-1]
+
+    def curve(self, plan: Plan, steps: Sequence[int | None]) -> Iterator[Evaluation]:
+        """The trial's one fine-tune, scored after each of ``steps`` training steps (ascending;
+        0: the quantized model before any training; None: the end of ``train``).
+
+        The run stops at each point (checkpointed), is scored and goes on from its checkpoint,
+        so its last point is exactly what an uninterrupted trial measures; a caller that stops
+        iterating (the study pruned the trial) ends the run there. Points before the last are
+        scored on ``screen_tokens`` held-out tokens: they only rank plans against each other.
+        """
+        from qpruner.lora.recover import continue_plan, train_plan
 
         t0 = time.perf_counter()
         work = Path(tempfile.mkdtemp(prefix="qpruner-trial-"))
+        identity = {"plan": plan.to_dict() | {"memory": {}, "metadata": {}}}
+        kwargs = {"tokenizer": self._tokenizer, "identity": identity, "progress": self.progress}
+        trained = None
         try:
-            trained = train_plan(
-                self.model_src,
-                plan,
-                self._examples,
-                self.train,
-                work,
-                tokenizer=self._tokenizer,
-                device=self.device,
-                loftq=self.loftq,
-                progress=self.progress,
-            )
-            model = trained.model
-            metrics: dict = {
-                "train_seconds": time.perf_counter() - t0,
-                "final_loss": trained.train.losses[-1] if trained.train.losses else None,
-                "trainable_params": trained.trainable_params,
-                "memory_predicted": trained.predicted.to_dict(),
-                "memory_measured": trained.measured.to_dict(),
-            }
-            error = self._score(model, metrics)
-            metrics["seconds"] = time.perf_counter() - t0
-            return Evaluation(float(error), int(trained.measured.total), metrics)
+            for i, stop in enumerate(steps):
+                if trained is None:
+                    trained = train_plan(
+                        self.model_src, plan, self._examples, self.train, work,
+                        device=self.device, loftq=self.loftq, stop_at=stop, **kwargs,
+                    )  # fmt: skip
+                else:
+                    trained = continue_plan(trained, self._examples, self.train, work, stop_at=stop, **kwargs)
+                yield self._evaluation(trained, t0, final=i == len(steps) - 1)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def _score(self, model, metrics: dict) -> float:
-        """The trial's error, measured by the one evaluation path every report uses."""
+    def _evaluation(self, trained, t0: float, *, final: bool) -> Evaluation:
+        done = trained.train.resumed_from + len(trained.train.losses)
+        metrics: dict = {"steps": done, "train_seconds": time.perf_counter() - t0}
+        if not final:
+            return Evaluation(float(self._score(trained.model, metrics, screen=True)), None, metrics)
+        metrics |= {
+            "final_loss": trained.train.losses[-1] if trained.train.losses else None,
+            "trainable_params": trained.trainable_params,
+            "memory_predicted": trained.predicted.to_dict(),
+            "memory_measured": trained.measured.to_dict(),
+        }
+        error = self._score(trained.model, metrics)
+        metrics["seconds"] = time.perf_counter() - t0
+        return Evaluation(float(error), int(trained.measured.total), metrics)
+
+    def _score(self, model, metrics: dict, *, screen: bool = False) -> float:
+        """The trial's error, measured by the one evaluation path every report uses (``screen``:
+        on the first ``screen_tokens`` only)."""
         from qpruner.eval.evaluate import EvalConfig, evaluate_model
 
         on_text = self._eval_ids is not None
+        max_tokens = self.eval_max_tokens
+        if screen and self.screen_tokens:
+            max_tokens = min(max_tokens or self.screen_tokens, self.screen_tokens)
         cfg = EvalConfig(
             ctx_len=self.ctx_len,
-            max_tokens=self.eval_max_tokens,
+            max_tokens=max_tokens,
             tasks=[] if on_text else [self.metric_name],
             task_dir=self.task_dir,
             limit=self.task_limit,

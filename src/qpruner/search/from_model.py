@@ -19,6 +19,7 @@ from qpruner.lora.train import TrainConfig
 from qpruner.search import study as st
 from qpruner.search.budget import parse_budget, resolve_budget
 from qpruner.search.evaluator import Evaluator
+from qpruner.search.fidelity import fidelity_steps
 from qpruner.search.recipe import trial_training
 from qpruner.search.run import SearchResult, run_search
 from qpruner.search.search_run import SearchRun
@@ -54,6 +55,11 @@ class SearchConfig:
     n_calib: int = 16
     calib_len: int = 128
     dtype: str | None = None  # plan dtype; None: bf16 on CUDA, fp32 on CPU
+    # Multi-fidelity trials (qpruner.search.fidelity): each scored before training and after
+    # train.steps/2^(rungs-1), ..., /2 and all its steps; optuna's successive halving stops weak ones.
+    multi_fidelity: bool = True
+    fidelity_rungs: int = 3  # trained rungs after the 0-step screen: 20 steps -> 0, 5, 10, 20
+    screen_tokens: int | None = 4096  # held-out tokens scoring the early rungs
     options: dict = field(default_factory=dict)  # searcher keyword arguments (n_initial, tolerance, ...)
 
 
@@ -134,6 +140,7 @@ def search_model(
     run = SearchRun(
         space=space,
         evaluator=evaluator,
+        fidelities=fidelities(cfg),
         budget=budget,
         storage=cfg.storage or st.default_storage(out),
         method=cfg.method,
@@ -150,6 +157,13 @@ def search_model(
     return run_search(run, out, resume=resume or cfg.storage is not None, progress=progress, log=log)
 
 
+def fidelities(cfg: SearchConfig) -> tuple[int, ...] | None:
+    """The training steps a trial is scored at, or None (scored once, at the end)."""
+    if not cfg.multi_fidelity or cfg.train.steps is None:  # an epoch count: steps known only with data
+        return None
+    return fidelity_steps(cfg.train.steps, cfg.fidelity_rungs)
+
+
 def _check_settings(cfg: SearchConfig) -> None:
     """What can be checked from the settings alone, before any file is read or made."""
     if cfg.trials < 1:
@@ -157,6 +171,7 @@ def _check_settings(cfg: SearchConfig) -> None:
     searcher_class(cfg.method)  # a known method
     st.check_heartbeat(cfg.heartbeat, cfg.grace)
     parse_budget(cfg.memory_budget)
+    fidelities(cfg)
 
 
 def _finetune_evaluator(
@@ -176,6 +191,7 @@ def _finetune_evaluator(
         task_limit=cfg.task_limit,
         eval_max_tokens=cfg.eval_max_tokens,
         ctx_len=cfg.ctx_len,
+        screen_tokens=cfg.screen_tokens,
         device=device,
         progress=progress,  # each trial's fine-tune shows its own bar under the study's
     )

@@ -2,10 +2,11 @@
 
 Each iteration reads the study's trials, asks the searcher for a plan (queued into the
 study) or lets the study's sampler choose, then runs one trial: the plan is priced, refused
-before any training when its predicted memory is over budget, otherwise evaluated and
-everything stored in the trial. A trial is one ``study.optimize(..., n_trials=1)``, so
-optuna's own machinery (heartbeats where the storage has them, failing a trial whose
-objective raised) applies.
+before any training when its predicted memory is over budget, otherwise evaluated (with
+multi-fidelity, rung by rung, stopped early where optuna's pruner says:
+:mod:`qpruner.search.fidelity`) and everything stored in the trial. A trial is one
+``study.optimize(..., n_trials=1)``, so optuna's own machinery (heartbeats where the storage
+has them, failing a trial whose objective raised, pruning) applies.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from qpruner.errors import QPrunerError
+from qpruner.search import fidelity
 from qpruner.search import study as st
 from qpruner.search.evaluator import Evaluation
-from qpruner.search.records import Status, TrialRecord, choose_trial, count, evaluated
+from qpruner.search.records import Status, TrialRecord, choose_trial, count, evaluated, tried
 
 if TYPE_CHECKING:
     from qpruner.search.search_run import SearchRun
@@ -28,7 +30,7 @@ MAX_REJECTED_IN_A_ROW = 500
 #: How often a worker with nothing to start looks at the study again.
 POLL_SECONDS = 0.5
 #: Statuses of trials that count towards ``trials`` (None: running, not yet told).
-_COUNTED = (None, Status.EVALUATED)
+_COUNTED = (None, Status.EVALUATED, Status.PRUNED)
 
 
 def run_trial(run: SearchRun, trial) -> float:
@@ -53,10 +55,12 @@ def run_trial(run: SearchRun, trial) -> float:
         if not errors:
             raise optuna.TrialPruned("over budget")
         return max(errors) * 1.25 if max(errors) > 0 else max(errors) + 1.0
-    _skip_if_duplicate(run, trial, choices)
+    known = _skip_if_duplicate(run, trial, choices)
+    if known is not None:
+        return known
     plan = run.space.plan(choices)
     plan.model = run.model
-    ev = run.evaluator(plan)
+    ev = fidelity.evaluate(run, trial, plan)  # at once, or rung by rung (may stop it early)
     _store(trial, plan, ev, mem=mem)
     return float(ev.error)
 
@@ -64,7 +68,8 @@ def run_trial(run: SearchRun, trial) -> float:
 def _running_or_done(trial) -> list:
     from optuna.trial import TrialState
 
-    return trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+    states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)  # pruned: stopped early
+    return trial.study.get_trials(deepcopy=False, states=states)
 
 
 def _stand_down_if_surplus(trial, trials: int) -> None:
@@ -83,9 +88,15 @@ def _stand_down_if_surplus(trial, trials: int) -> None:
         raise optuna.TrialPruned("the study already has enough trials running or done")
 
 
-def _skip_if_duplicate(run: SearchRun, trial, choices: dict[str, int]) -> None:
-    """Another worker runs or ran this plan (two proposed it at once): take another."""
+def _skip_if_duplicate(run: SearchRun, trial, choices: dict[str, int]) -> float | None:
+    """Another worker runs or ran this plan (two proposed it at once): take another.
+
+    A plan stopped early is told to the sampler once more as a completed duplicate with its
+    last score (returned): optuna's GPSampler learns from completed trials only, and would
+    otherwise propose the stopped plan again and again.
+    """
     import optuna
+    from optuna.trial import TrialState
 
     key = run.space.key(choices)
     for other in _running_or_done(trial):
@@ -96,7 +107,10 @@ def _skip_if_duplicate(run: SearchRun, trial, choices: dict[str, int]) -> None:
         )
         if same and other.user_attrs.get("status") in _COUNTED:
             trial.set_user_attr("status", Status.DUPLICATE.value)
+            if other.state == TrialState.PRUNED and other.last_step is not None:
+                return float(other.intermediate_values[other.last_step])
             raise optuna.TrialPruned(f"trial {other.number} has this plan")
+    return None
 
 
 def _store(trial, plan, ev: Evaluation, *, mem: int) -> None:
@@ -129,7 +143,7 @@ def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, l
         state.recovered += failed
         log(f"trials {failed} were left running by a dead worker: marked failed, queued once more")
     recs = st.records(study)
-    done = count(recs)
+    done = tried(recs)
     _show(bar, recs, run)
     if done >= run.trials:
         return "done"
@@ -164,10 +178,11 @@ def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, l
 
 
 def _show(bar, recs: list[TrialRecord], run: SearchRun) -> None:
-    bar.n = min(count(recs), run.trials)
+    bar.n = min(tried(recs), run.trials)
     best = choose_trial(recs, run.budget)
     if best is not None:
-        bar.set_postfix(best=f"{best.error:.4g}", refused=count(recs, Status.REJECTED))
+        stopped = count(recs, Status.PRUNED)
+        bar.set_postfix(best=f"{best.error:.4g}", stopped=stopped, refused=count(recs, Status.REJECTED))
     bar.refresh()
 
 

@@ -27,7 +27,7 @@ class Status(str, Enum):
     WAITING = "waiting"  # queued (``enqueue_trial``), not started
     SURPLUS = "surplus"  # stood down: the study already had enough trials
     DUPLICATE = "duplicate"  # another trial runs or ran the same plan
-    PRUNED = "pruned"  # pruned by optuna with no status of ours
+    PRUNED = "pruned"  # stopped early by optuna's pruner (multi-fidelity): its curve is stored
 
     def __str__(self) -> str:  # the stored string in tables and logs, on every Python version
         return self.value
@@ -46,6 +46,8 @@ class TrialRecord:
     metrics: dict = field(default_factory=dict)  # ppl, task scores, seconds, memory components
     plan: dict | None = None  # Plan.to_dict()
     retry_of: int | None = None
+    curve: list = field(default_factory=list)  # [[training steps, error], ...]: multi-fidelity scores
+    fidelities: list[int] | None = None  # the training steps of every rung (the last: the full trial)
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # a stored string (old study, search.json) → the enum
@@ -73,6 +75,31 @@ def evaluated(records: list[TrialRecord]) -> list[TrialRecord]:
     ]
 
 
+def budget_share(steps: float, full: float) -> float:
+    """A point's training budget as the performance models see it: log(1 + steps) over
+    log(1 + the full trial's steps), so 0 (the screen) → 0, the full trial → 1, and the
+    doubling rungs fall at about even spacing between."""
+    return math.log1p(steps) / math.log1p(full) if full > 0 else 1.0
+
+
+def training_points(records: list[TrialRecord]) -> list[tuple[TrialRecord, float, float]]:
+    """``(record, budget share, error)`` of every finite measured point: each point of every
+    trial's curve (stopped early, running, or done) and the error of trials without a curve.
+
+    What the performance models learn from: a plan stopped at 5 steps still says how it
+    compares at 5 steps, and the budget share lets a model tell a 5-step error from a final one.
+    """
+    out = []
+    for r in records:
+        if r.curve:
+            full = (r.fidelities or [max(s for s, _ in r.curve)])[-1]
+            points = [(budget_share(s, full), e) for s, e in r.curve]
+        else:
+            points = [(1.0, r.error)] if r.status == Status.EVALUATED else []
+        out += [(r, b, float(e)) for b, e in points if e is not None and math.isfinite(e)]
+    return out
+
+
 def choose_trial(records: list[TrialRecord], budget: int) -> TrialRecord | None:
     """The trial a search chooses: the lowest error among evaluated plans whose predicted
     memory fits ``budget`` (ties: the earlier trial). The only place this rule is written —
@@ -83,3 +110,8 @@ def choose_trial(records: list[TrialRecord], budget: int) -> TrialRecord | None:
 
 def count(records: list[TrialRecord], status: Status = Status.EVALUATED) -> int:
     return sum(r.status == status for r in records)
+
+
+def tried(records: list[TrialRecord]) -> int:
+    """Plans the study has tried: evaluated, or stopped early by the pruner (what ``trials`` counts)."""
+    return count(records, Status.EVALUATED) + count(records, Status.PRUNED)

@@ -1,23 +1,19 @@
 """The search report: one self-contained HTML page with its figures, rebuilt from the study alone.
 
-Figures (matplotlib, drawn on ``Figure`` objects with the Agg canvas so a user's pyplot state
-and backend are untouched): the Pareto front of error vs memory over every trial, the chosen
-plan's bits and LoRA rank per layer, search progress (best so far), and the performance
-model's predicted vs measured error. Each is also written as a PNG beside the HTML.
+:class:`SearchSummary` is what the report (and ``search.json``) shows; the figures are
+:mod:`qpruner.search.figures`', each also written as a PNG beside the HTML.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from qpruner.search.figures import MIB, curves_png, model_png, pareto_png, plan_png, progress_png
 from qpruner.search.pareto import pareto_front
 from qpruner.search.records import Status, TrialRecord, count, evaluated
-
-MIB = 2**20
 
 
 @dataclass
@@ -87,126 +83,6 @@ class SearchSummary:
         return [ev[i].number for i in pareto_front([(r.error, float(r.memory)) for r in ev])]
 
 
-def _figure(width: float = 6.4, height: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def pareto_png(s: SearchSummary) -> bytes:
-    fig = _figure()
-    ax = fig.add_subplot()
-    ev = [r for r in s.evaluated() if r.memory is not None]
-    on = set(s.front())
-    ax.scatter(
-        [r.memory / MIB for r in ev], [r.error for r in ev], s=18, c="tab:blue", alpha=0.6, label="evaluated"
-    )
-    front = sorted((r for r in ev if r.number in on), key=lambda r: r.memory)
-    if front:
-        ax.plot(
-            [r.memory / MIB for r in front], [r.error for r in front], "o-", c="tab:red", label="Pareto front"
-        )
-    rej = [r for r in s.records if r.status == Status.REJECTED and r.memory_predicted]
-    if rej and ev:
-        top = max(r.error for r in ev)
-        ax.scatter(
-            [r.memory_predicted / MIB for r in rej],
-            [top] * len(rej),
-            marker="x",
-            c="grey",
-            label="refused (over budget, predicted memory)",
-        )
-    best = s.chosen_trial
-    if best is not None and best.number in {r.number for r in ev}:  # a point of this chart
-        ax.scatter(
-            [best.memory / MIB],
-            [best.error],
-            marker="*",
-            s=220,
-            c="gold",
-            edgecolors="k",
-            zorder=5,
-            label=f"chosen (trial {best.number})",
-        )
-    if s.budget:
-        ax.axvline(s.budget / MIB, ls="--", c="k", lw=1, label="budget (predicted memory)")
-    ax.set_xlabel(f"fine-tuning memory{s.at()}, MiB (measured where measured)")
-    ax.set_ylabel(s.metric)
-    ax.set_title(f"{s.method}: every trial, the front highlighted")
-    if ev or rej:
-        ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def plan_png(plan_dict: dict) -> bytes:
-    from qpruner.plan import Plan
-
-    plan = Plan.from_dict(plan_dict)
-    layers = list(range(len(plan.layers)))
-    ratios = [lp.prune_ratio for lp in plan.layers]
-    panels = 3 if any(r for r in ratios if r) else 2
-    fig = _figure(6.4, 1.8 * panels + 0.6)
-    axes = fig.subplots(panels, 1, sharex=True)
-    axes[0].bar(layers, plan.bits_per_layer(), color="tab:purple")
-    axes[0].set_ylabel("bits")
-    axes[1].bar(layers, [lp.lora_rank for lp in plan.layers], color="tab:green")
-    axes[1].set_ylabel("LoRA rank")
-    if panels == 3:
-        axes[2].bar(layers, [100 * (r or 0) for r in ratios], color="tab:grey")
-        axes[2].set_ylabel("pruned %")
-    axes[-1].set_xlabel("decoder layer")
-    axes[0].set_title("chosen plan per layer")
-    return _png(fig)
-
-
-def progress_png(s: SearchSummary) -> bytes:
-    fig = _figure()
-    ax = fig.add_subplot()
-    ev = s.evaluated()
-    xs = list(range(1, len(ev) + 1))
-    best, run = [], float("inf")
-    for r in ev:
-        run = min(run, r.error)
-        best.append(run)
-    ax.scatter(xs, [r.error for r in ev], s=14, c="tab:blue", alpha=0.6, label="trial")
-    ax.step(xs, best, where="post", c="tab:red", label="best so far")
-    ax.set_xlabel("evaluated trial")
-    ax.set_ylabel(s.metric)
-    ax.set_title("search progress")
-    if ev:
-        ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def model_png(s: SearchSummary) -> bytes | None:
-    """Predicted vs measured error of the performance model; None with fewer than 2 predictions."""
-    from qpruner.search.performance import rank_correlation
-
-    pts = [(r.predicted_error, r.error) for r in s.evaluated() if r.predicted_error is not None]
-    if len(pts) < 2:
-        return None
-    fig = _figure(4.8, 4.4)
-    ax = fig.add_subplot()
-    p, m = zip(*pts, strict=True)
-    ax.scatter(m, p, c="tab:orange")
-    lo, hi = min(*p, *m), max(*p, *m)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set_xlabel(f"measured {s.metric}")
-    ax.set_ylabel(f"predicted {s.metric}")
-    ax.set_title(f"performance model: Spearman {rank_correlation(p, m):.2f} over {len(pts)} trials")
-    return _png(fig)
-
-
 def _mib(x: int | None) -> str:
     return "" if x is None else f"{x / MIB:.2f}"
 
@@ -249,15 +125,15 @@ def write_report(summary: SearchSummary, out_dir: str | Path) -> Path:
 
 
 def _facts(s: SearchSummary) -> list[list[str]]:
-    n = {st: count(s.records, st) for st in (Status.EVALUATED, Status.REJECTED, Status.FAILED)}
+    n = {st: count(s.records, st) for st in (Status.EVALUATED, Status.PRUNED, Status.REJECTED, Status.FAILED)}
     facts = [
         ["method", s.method],
         ["metric (lower is better)", s.metric],
         ["memory budget", s.budget_text()],
         ["memory figures", f"fine-tuning peak{s.at()} per micro-batch, MiB"],
         [
-            "trials evaluated / refused / failed",
-            f"{n[Status.EVALUATED]} / {n[Status.REJECTED]} / {n[Status.FAILED]}",
+            "trials evaluated / stopped early / refused / failed",
+            f"{n[Status.EVALUATED]} / {n[Status.PRUNED]} / {n[Status.REJECTED]} / {n[Status.FAILED]}",
         ],
         ["study", s.study_name],
         ["storage", s.storage],
@@ -278,23 +154,23 @@ def _figures(s: SearchSummary, out: Path) -> list[str]:
     """Each figure written as a PNG into ``out`` and embedded; the HTML sections, in order."""
     esc = html.escape
     chosen = s.chosen_trial
-    figures: list[tuple[str, str, bytes | None]] = [
-        ("pareto.png", "Pareto front", pareto_png(s)),
-        ("progress.png", "Search progress", progress_png(s)),
-        ("performance_model.png", "Performance model", model_png(s)),
+    few = "Skipped: fewer than 2 trials carry a model prediction."
+    figures: list[tuple[str, str, bytes | None, str]] = [
+        ("pareto.png", "Pareto front", pareto_png(s), ""),
+        ("progress.png", "Search progress", progress_png(s), ""),
+        ("curves.png", "Learning curves", curves_png(s), "Skipped: each trial was scored once (no curve)."),
+        ("performance_model.png", "Performance model", model_png(s), few),
     ]
     if chosen is not None and chosen.plan:
-        figures.insert(1, ("plan.png", "Chosen plan per layer", plan_png(chosen.plan)))
-    for stale in ("plan.png", "performance_model.png"):
+        figures.insert(1, ("plan.png", "Chosen plan per layer", plan_png(chosen.plan), ""))
+    for stale in ("plan.png", "curves.png", "performance_model.png"):
         # A re-render into the same folder must not leave a figure the page says it skipped.
-        if not any(name == stale and png is not None for name, _, png in figures):
+        if not any(name == stale and png is not None for name, _, png, _ in figures):
             (out / stale).unlink(missing_ok=True)
     parts = []
-    for name, title, png in figures:
+    for name, title, png, skipped in figures:
         if png is None:
-            parts.append(
-                f"<h2>{esc(title)}</h2><p>Skipped: fewer than 2 trials carry a model prediction.</p>"
-            )
+            parts.append(f"<h2>{esc(title)}</h2><p>{esc(skipped)}</p>")
             continue
         (out / name).write_bytes(png)
         data = base64.b64encode(png).decode()
@@ -338,6 +214,7 @@ def _trials_table(s: SearchSummary) -> str:
             _mib(r.memory_predicted),
             _mib(r.memory_measured),
             "" if r.retry_of is None else r.retry_of,
+            " · ".join(f"{steps:g}: {error:.4g}" for steps, error in r.curve),
         ]
         for r in sorted(s.records, key=lambda r: r.number)
     ]
@@ -351,5 +228,6 @@ def _trials_table(s: SearchSummary) -> str:
         "memory pred MiB",
         "memory meas MiB",
         "retry of",
+        "curve (steps: error)",
     ]
     return _table(head, rows)

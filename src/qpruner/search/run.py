@@ -5,7 +5,8 @@ evaluator, the searcher (by name, seed and options), the trial count and the sto
 and study name — so each lives in exactly one place: the searcher is built from the run's
 budget and seed, the study's identity is the run's, and the loop
 (:mod:`qpruner.search.loop`) reads all of it from the run. ``trials`` counts evaluated
-trials in the whole study, whichever worker ran them.
+trials in the whole study (evaluated, or stopped early by the multi-fidelity pruner), whichever
+worker ran them.
 
 Outputs in ``out_dir``: ``plan.json`` (the best plan within budget, with its predicted and
 measured memory), ``search.json`` (every trial) and ``report.html`` with its PNGs.
@@ -25,7 +26,7 @@ from qpruner.errors import QPrunerError
 from qpruner.plan import Plan
 from qpruner.search import study as st
 from qpruner.search.loop import LoopState, run_trial, step, with_retries
-from qpruner.search.records import TrialRecord, choose_trial, count
+from qpruner.search.records import TrialRecord, choose_trial, tried
 from qpruner.search.report import SearchSummary, write_report
 from qpruner.search.search_run import SearchRun
 
@@ -51,7 +52,7 @@ def run_search(
     progress: bool = True,
     log: Callable = print,
 ) -> SearchResult:
-    """Search until the study holds ``run.trials`` evaluated plans (or the searcher converges).
+    """Search until the study has tried ``run.trials`` plans (or the searcher converges).
 
     Any number of workers may run this on the same storage URL and study name: ``trials``
     counts the whole study, proposals are registered in it before they are trained, and a
@@ -61,24 +62,16 @@ def run_search(
 
     if run.trials < 1:
         raise QPrunerError(f"--trials must be at least 1, got {run.trials}")
-    run.space.check_budget(
-        run.budget, run.stated_budget.stated()
-    )  # one-line errors before anything is created
+    run.space.check_budget(run.budget, run.stated_budget.stated())  # one line, before anything is made
     identity = run.identity()
     storage = st.make_storage(run.storage, run.heartbeat, run.grace)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     state = LoopState()
     try:
-        study = st.open_study(
-            storage, run.study_name, identity, resume=resume, sampler=run.searcher.sampler()
-        )
-        # How the budget was stated ("nf4", "70%"): shown beside its bytes, not part of the identity
-        # (a worker stating the same bytes another way joins the study).
-        study.set_user_attr(st.BUDGET_ATTR, run.stated_budget.to_dict())
-        run.searcher.setup(study)
+        study = _open(run, storage, identity, resume=resume)
         objective = functools.partial(run_trial, run)
-        done0 = count(st.records(study))
+        done0 = tried(st.records(study))
         bar = tqdm(
             total=run.trials,
             initial=min(done0, run.trials),
@@ -102,10 +95,21 @@ def run_search(
         None,
         None,
         state.stopped_early,
-        count(recs) - done0,
+        tried(recs) - done0,
         state.recovered,
     )
     return finish(result, run, study_name=study.study_name, out_dir=out_dir)
+
+
+def _open(run: SearchRun, storage, identity: dict, *, resume: bool):
+    """The run's study, opened or joined, its searcher set up on it."""
+    study = st.open_study(storage, run.study_name, identity, resume=resume, sampler=run.searcher.sampler(),
+                          pruner=run.pruner())  # fmt: skip
+    # How the budget was stated ("nf4", "70%"): shown beside its bytes, not part of the identity
+    # (a worker stating the same bytes another way joins the study).
+    study.set_user_attr(st.BUDGET_ATTR, run.stated_budget.to_dict())
+    run.searcher.setup(study)
+    return study
 
 
 def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:

@@ -13,6 +13,7 @@ from functools import cached_property
 from qpruner.errors import QPrunerError
 from qpruner.search.budget import Budget, BudgetSpec, resolve_budget
 from qpruner.search.evaluator import Evaluator
+from qpruner.search.fidelity import make_pruner
 from qpruner.search.searchers import searcher_class
 from qpruner.search.searchers.base import Searcher
 from qpruner.search.space import SearchSpace
@@ -25,6 +26,8 @@ class SearchRun:
     ``options`` are the searcher's keyword arguments (``n_initial``, ``importance``, ...).
     ``heartbeat``/``grace`` (seconds, RDB storages) let a live worker fail a dead one's
     trial; ``db_retries``/``db_backoff`` how long a worker waits out a dropped database.
+    ``fidelities``: the training steps at which a trial is scored and may be stopped
+    (:mod:`qpruner.search.fidelity`; the evaluator needs ``curve``); None: scored once.
     """
 
     space: SearchSpace
@@ -41,6 +44,8 @@ class SearchRun:
     grace: int | None = None
     db_retries: int = 5
     db_backoff: float = 2.0
+    fidelities: tuple[int, ...] | None = None  # e.g. (0, 5, 10, 20): multi-fidelity trials
+    reduction_factor: int = 2  # successive halving: the share of plans a rung keeps is 1/this
     stated_budget: Budget = field(init=False, repr=False)  # the budget as stated, with its bytes
 
     def __post_init__(self) -> None:
@@ -57,9 +62,13 @@ class SearchRun:
         except TypeError as exc:
             raise QPrunerError(f"{self.method}: bad searcher option ({exc})") from exc
 
+    def pruner(self):
+        """optuna's pruner for this run's trials (none when each trial is scored once)."""
+        return make_pruner(self.fidelities, self.reduction_factor)
+
     def identity(self) -> dict:
         """What a study stores of its run; a worker whose run differs is refused."""
-        return {
+        out = {
             "method": self.searcher.name,
             "space": self.space.describe(),
             "searcher": self.searcher.describe(),
@@ -68,3 +77,10 @@ class SearchRun:
             "seed": self.seed,
             "model": self.model,
         }
+        if self.fidelities:  # absent when off: studies made before multi-fidelity resume with it off
+            out["fidelity"] = {
+                "steps": list(self.fidelities),
+                "reduction_factor": self.reduction_factor,
+                "screen_tokens": getattr(self.evaluator, "screen_tokens", None),
+            }
+        return out

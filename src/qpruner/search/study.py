@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 
 from qpruner.errors import QPrunerError
+from qpruner.search.fidelity import FIDELITIES_ATTR, curve_of
 from qpruner.search.records import Status, TrialRecord
 
 IDENTITY_ATTR = "qpruner"
@@ -109,8 +110,11 @@ def _fast_sqlite(engine) -> None:
     engine.dispose()  # connections opened while optuna created its tables reconnect with the pragmas
 
 
-def open_study(storage, name: str, identity: dict, *, resume: bool, sampler=None):
-    """Create ``name`` or, with ``resume``, continue it if its identity matches."""
+def open_study(storage, name: str, identity: dict, *, resume: bool, sampler=None, pruner=None):
+    """Create ``name`` or, with ``resume``, continue it if its identity matches.
+
+    ``pruner``: optuna's, for multi-fidelity trials (a worker's own object; what it compares
+    is in the storage)."""
     import optuna
 
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
@@ -119,8 +123,8 @@ def open_study(storage, name: str, identity: dict, *, resume: bool, sampler=None
             f"study {name!r} already exists in this storage; pass --resume to continue it "
             "or choose another --study-name"
         )
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction="minimize",
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                direction="minimize", load_if_exists=True)  # fmt: skip
     stored = study.user_attrs.get(IDENTITY_ATTR)
     wanted = json.loads(json.dumps(identity, default=str))
     if stored is None:
@@ -211,7 +215,7 @@ def record_of(trial) -> TrialRecord:
     if trial.state == s.COMPLETE:
         status = Status(a.get("status", Status.EVALUATED))
     elif trial.state == s.PRUNED:
-        status = Status(a.get("status", Status.PRUNED))  # refused before any evaluation, or a duplicate
+        status = Status(a.get("status", Status.PRUNED))  # stopped early; or refused, surplus, a duplicate
     elif trial.state == s.RUNNING:
         status = Status.RUNNING
     elif trial.state == s.WAITING:
@@ -231,6 +235,8 @@ def record_of(trial) -> TrialRecord:
         metrics=a.get("metrics") or {},
         plan=a.get("plan"),
         retry_of=a.get("retry_of", trial.system_attrs.get("failed_trial")),
+        curve=curve_of(trial),
+        fidelities=a.get(FIDELITIES_ATTR),
     )
 
 

@@ -3,7 +3,8 @@
 After a few random plans within budget are evaluated, each proposal:
 
 1. fits the performance model (:mod:`qpruner.search.performance`) on every evaluated plan
-   of the study (features → measured error);
+   of the study (features → measured error; with multi-fidelity trials, every point of every
+   trial's curve, its training budget a feature, candidates scored at the full budget);
 2. runs NSGA-II (optuna's ``NSGAIISampler``, in memory) on the *model*: thousands of
    candidate plans scored in batches by predicted error and predicted memory, memory over
    the budget as a constraint; its final front is the predicted Pareto front;
@@ -15,6 +16,8 @@ The output is the measured Pareto front and the best plan within budget.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,6 +35,7 @@ def surrogate_front(
     model: PerformanceModel,
     budget: int,
     *,
+    features: Callable[[dict[str, int]], np.ndarray],
     seed: int,
     population: int,
     generations: int,
@@ -52,7 +56,7 @@ def surrogate_front(
         for _ in range(generations):
             trials = [study.ask(dists) for _ in range(population)]
             choices = [{k: int(v) for k, v in t.params.items()} for t in trials]
-            mean, spread = model.predict_with_spread(np.stack([space.features(c) for c in choices]))
+            mean, spread = model.predict_with_spread(np.stack([features(c) for c in choices]))
             for t, c, m, s in zip(trials, choices, mean, spread, strict=True):
                 mem = space.memory(c)
                 t.set_constraint("memory_over_budget", float(mem - budget))
@@ -103,17 +107,16 @@ class AutoMixQSearcher(Searcher):
         return Proposal(found[0], "initial design") if found else None
 
     def fit(self, records: list[TrialRecord]) -> PerformanceModel | None:
-        ev = evaluated(records)
-        if len(ev) < 2:
+        """The performance model on every measured point, early ones of stopped plans too."""
+        X, y = self.training_data(records)
+        if len(y) < 2:
             return None
-        X = np.stack([self.space.features(r.params) for r in ev])
-        y = np.array([r.error for r in ev], dtype=np.float64)
         return PerformanceModel(self.model_config).fit(X, y)
 
     def propose(self, records: list[TrialRecord]) -> Proposal:
         start = self.initial_design(records)
         model = None if start is not None else self.fit(records)
-        if model is None:
+        if model is None or not evaluated(records):
             found = start or Proposal(self._random(records), "initial design")
             return found
         seen = self.seen(records)
@@ -123,6 +126,7 @@ class AutoMixQSearcher(Searcher):
             self.space,
             model,
             self.budget,
+            features=self.features,
             seed=self.seed + len(records),
             population=self.population,
             generations=self.generations,

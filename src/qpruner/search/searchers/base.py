@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpruner.errors import QPrunerError
-from qpruner.search.records import Status, TrialRecord
+from qpruner.search.records import Status, TrialRecord, training_points
 from qpruner.search.space import InfeasibleBudget, SearchSpace
 
 
@@ -53,6 +53,19 @@ class Searcher:
         return {"method": self.name}
 
     # ---- shared helpers ---------------------------------------------------------------------
+    def features(self, choices: dict[str, int], budget: float = 1.0) -> np.ndarray:
+        """A plan's performance-model features and its training budget (1: the full trial;
+        :func:`~qpruner.search.records.budget_share`). Candidates are scored at 1."""
+        return np.append(self.space.features(choices), budget)
+
+    def training_data(self, records: list[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
+        """Every measured point of the study, at every fidelity: features → error."""
+        points = [(r, b, e) for r, b, e in training_points(records) if self.space.complete(r.params)]
+        if not points:
+            return np.zeros((0, len(self.features(self.space.cheapest())))), np.zeros(0)
+        X = np.stack([self.features(r.params, b) for r, b, _ in points])
+        return X, np.array([e for _, _, e in points], dtype=np.float64)
+
     def feasible(self, choices: dict[str, int]) -> bool:
         return self.space.memory(choices) <= self.budget
 

@@ -65,23 +65,22 @@ class RankAdaptorSearcher(Searcher):
 
     def propose(self, records: list[TrialRecord]) -> Proposal:
         rng, seen = self.rng(records), self.seen(records)
-        ev = evaluated(records)
+        X, y = self.training_data(records)  # every fidelity's points
         proposed = [r for r in records if r.params and r.status != "rejected" and r.retry_of is None]
-        if len(proposed) < self.n_initial or len(ev) < 2:
+        if len(proposed) < self.n_initial or len(y) < 2:
             found = self.random_feasible(rng, seen, accept=self.feasible)
             if not found:
                 raise self.exhausted()
             return Proposal(found[0], "initial design")
-        X = np.stack([self.space.features(r.params) for r in ev])
-        model = PerformanceModel(self.model_config).fit(X, np.array([r.error for r in ev]))
+        model = PerformanceModel(self.model_config).fit(X, y)
         n = self.n_candidates
         pool = self.random_feasible(rng, seen, n=n, accept=self.feasible, tries=4 * n)
-        for r in sorted(ev, key=lambda r: r.error)[:3]:
+        for r in sorted(evaluated(records), key=lambda r: r.error)[:3]:
             pool += [c for c in self._neighbours(r.params, rng, 200) if self.feasible(c)]
         pool = list({self.space.key(c): c for c in pool if self.space.key(c) not in seen}.values())
         if not pool:
             raise self.exhausted()
-        pred = model.predict(np.stack([self.space.features(c) for c in pool]))
+        pred = model.predict(np.stack([self.features(c) for c in pool]))  # at the full budget
         i = int(np.argmin(pred))
         return Proposal(pool[i], MODEL, float(pred[i]))
 
