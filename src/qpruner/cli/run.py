@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
 
         announce_build()
     res = run_pipeline(cfg, args.out, resume=args.resume, device=device, progress=not args.no_progress)
-    print(_stage_table(res.stages, cfg.eval.tasks))
+    print(_stage_table(res.stages, res.settings["eval"]["tasks"]))
     print(f"run summary: {Path(args.out) / 'run.json'}")
 
 
