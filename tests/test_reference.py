@@ -208,7 +208,7 @@ def test_bad_config_is_a_user_error():
 
 def test_corpus_found_beside_the_package_from_any_cwd(corpus, tmp_path, monkeypatch):
     """`qpruner reference` run from outside the checkout still finds ../shared of the checkout."""
-    import qpruner.reference.model as reference
+    import qpruner.data_sources as data_sources
 
     monkeypatch.delenv("QPRUNER_DATA", raising=False)
     data = tmp_path / "checkout-parent" / "shared" / "data" / "wikitext-2"
@@ -217,7 +217,7 @@ def test_corpus_found_beside_the_package_from_any_cwd(corpus, tmp_path, monkeypa
         (data / name).write_text((corpus / name).read_text())
     package = tmp_path / "checkout-parent" / "main" / "src" / "qpruner"
     package.mkdir(parents=True)
-    monkeypatch.setattr(reference, "__file__", str(package / "reference.py"))
+    monkeypatch.setattr(data_sources, "__file__", str(package / "data_sources.py"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
