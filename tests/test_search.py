@@ -67,6 +67,8 @@ def test_memory_table_equals_full_memory_model():
     # more bits and larger ranks cost more
     lo, hi = space.cheapest(), {k: max(v) for k, v in space.param_choices.items()}
     assert space.memory(lo) < space.memory(hi)
+    # the cheapest plan is the cheapest of all: no sampled plan costs less
+    assert all(space.memory(lo) <= space.memory(space.sample(rng)) for _ in range(200))
 
 
 def test_pareto_and_hypervolume():

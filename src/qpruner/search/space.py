@@ -232,8 +232,20 @@ class SearchSpace:
         return sum(c * r for c, r in zip(per_rank, self.layer_ranks(choices), strict=True))
 
     def cheapest(self) -> dict[str, int]:
-        """The lowest-memory plan of the space: fewest bits, smallest ranks."""
-        return {k: min(v) for k, v in self.param_choices.items()}
+        """The lowest-memory plan of the space: each layer's cheapest (bits, rank).
+
+        Not always the fewest bits: hqq and int8 keep their inputs for backward, so at a long
+        micro-batch a 2-bit hqq layer can cost more than an NF4 one (SmolLM2 at 4 x 256).
+        """
+        _, per_layer, _ = self._costs
+        out: dict[str, int] = {}
+        for i, table in enumerate(per_layer):
+            bits, rank = min(table, key=lambda key: (table[key], key))
+            if self.searches_bits:
+                out[f"bits_{i}"] = bits
+            if self.searches_ranks:
+                out[f"rank_{i}"] = rank
+        return out
 
     def check_budget(self, budget: int, stated: str | None = None) -> None:
         """Refuse, before any training, a budget that even the cheapest plan exceeds.
@@ -242,15 +254,16 @@ class SearchSpace:
         """
         from qpruner.units import format_bytes
 
-        low = self.memory(self.cheapest())
+        cheapest = self.cheapest()
+        low = self.memory(cheapest)
         if low > budget:
             said = f" ({stated})" if stated else ""
-            bits = min(self.bits) if self.searches_bits else self.fixed_bits
+            bits = sorted(set(self.layer_bits(cheapest)))
+            ranks = sorted(set(self.layer_ranks(cheapest)))
             raise InfeasibleBudget(
                 f"memory budget {format_bytes(budget)}{said} at {self.tokens} is below the cheapest plan "
-                f"of this space ({format_bytes(low)} at {bits} bits, "
-                f"rank {min(self.ranks) if self.searches_ranks else self.fixed_rank}); raise the budget "
-                "or allow fewer bits / smaller ranks"
+                f"of this space ({format_bytes(low)} at {'/'.join(map(str, bits))} bits, "
+                f"rank {'/'.join(map(str, ranks))}); raise the budget or allow other bits / smaller ranks"
             )
 
     # ---- features for performance models ------------------------------------------------------
