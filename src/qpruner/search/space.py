@@ -231,6 +231,10 @@ class SearchSpace:
         per_rank = self._costs[2]
         return sum(c * r for c, r in zip(per_rank, self.layer_ranks(choices), strict=True))
 
+    def layer_cost(self, layer: int, bits: int, rank: int) -> int:
+        """What ``layer`` at ``bits`` and ``rank`` adds to a plan's price (additive, see _costs)."""
+        return self._costs[1][layer][(bits, rank)]
+
     def cheapest(self) -> dict[str, int]:
         """The lowest-memory plan of the space: each layer's cheapest (bits, rank).
 

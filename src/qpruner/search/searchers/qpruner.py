@@ -34,21 +34,23 @@ def initial_bits(space: SearchSpace, importance: list[float], budget: int) -> li
     if len(importance) != space.num_layers:
         raise QPrunerError(f"importance has {len(importance)} scores for {space.num_layers} layers")
     levels = sorted(space.bits)
-    bits = [levels[0]] * space.num_layers
     ranks = space.layer_ranks({})
 
     def cost(b: list[int]) -> int:
         return space.memory(space.choices_from(b, ranks))
 
+    # Start from each layer's cheapest width, which is not always the fewest bits (hqq keeps
+    # its inputs for backward: see SearchSpace.cheapest), then raise important layers first.
+    bits = [min(levels, key=lambda b, i=i: (space.layer_cost(i, b, ranks[i]), b)) for i in range(len(ranks))]
     if cost(bits) > budget:
         space.check_budget(budget)
-        raise InfeasibleBudget("even the fewest bits everywhere exceed the budget")
+        raise InfeasibleBudget("even each layer's cheapest width exceeds the budget")
     order = sorted(range(space.num_layers), key=lambda i: (-importance[i], i))
-    for level in levels[1:]:
+    for level in levels:
         for i in order:
             trial = list(bits)
-            trial[i] = level
-            if cost(trial) <= budget:
+            trial[i] = max(level, bits[i])
+            if trial != bits and cost(trial) <= budget:
                 bits = trial
     return bits
 
