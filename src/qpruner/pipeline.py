@@ -104,8 +104,8 @@ def _resolve_inputs(
             log(f"model: the reference model, because {DEFAULT_MODEL} could not be had: {exc}")
         else:
             corpus = resolve_corpus()
-            log(f"model: {DEFAULT_MODEL} (the default; corpus: {describe_corpus(corpus)} at {corpus})")
             corpus_text = f"{describe_corpus(corpus)} at {corpus}"
+            log(f"model: {DEFAULT_MODEL} (the default; corpus: {corpus_text})")
             return model_src, DEFAULT_MODEL, corpus_text, _corpus_files(data, corpus)
     ref = build_reference(cfg.reference, progress=progress)
     corpus_text = f"{ref.corpus_name or 'wikitext-2'} at {ref.corpus}"
