@@ -49,6 +49,7 @@ class StepShape:
     attention_bytes: int  # what attention keeps q/k/v/out in (float32 on CPU, see qpruner.compute)
     loss_chunk: int  # tokens per LM-head chunk; 0: transformers' loss over full logits
     checkpointing: bool
+    accumulating: bool = False  # later micro-batches of a step run beside the earlier ones' LoRA grads
 
     @property
     def tokens(self) -> int:
@@ -179,5 +180,8 @@ def step_bytes(
         kept = sum(per_layer[1:]) + first[0] * t + first[1] + final_norm
         backward = kept + transient + lora[-1]
     loss = kept + loss_bytes(config, step, wbytes)
+    if step.accumulating:  # every LoRA gradient exists from the first micro-batch's backward on
+        loss += sum(lora)
+        backward += sum(lora) - (0 if step.checkpointing else lora[-1])
     return {"kept": kept, "loss_phase": loss, "backward_phase": backward,
             "activations": max(loss, backward, sum(lora))}  # fmt: skip

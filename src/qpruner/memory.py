@@ -136,11 +136,13 @@ def estimate(
     compute_dtype: str = "auto",
     loss_chunk: int = 256,
     device: str = "cpu",
+    accumulation: int = 1,
 ) -> MemoryReport:
     """Predicted fine-tuning memory of ``plan`` on a model with ``model_config`` (HF config or dict).
 
     ``compute_dtype``, ``loss_chunk`` and ``gradient_checkpointing`` as in
-    :class:`qpruner.lora.train.TrainConfig` (same defaults); ``device`` resolves ``auto``.
+    :class:`qpruner.lora.train.TrainConfig` (same defaults); ``device`` resolves ``auto``;
+    ``accumulation``: micro-batches per optimizer step (their LoRA gradients are held between them).
     """
     shapes = _layer_shapes(model_config, plan)
     wbytes = _DTYPE_BYTES[plan.dtype]
@@ -167,7 +169,7 @@ def estimate(
     # Attention keeps float32 q/k/v/out under bf16 on CPU (qpruner.compute) and in float32
     # runs; otherwise the activations' dtype.
     attn = 4 if (c < 4 and torch.device(device).type == "cpu") or (c == 4 and wbytes == 4) else min(c, wbytes)
-    step = StepShape(batch_size, seq_len, c, attn, loss_chunk, gradient_checkpointing)
+    step = StepShape(batch_size, seq_len, c, attn, loss_chunk, gradient_checkpointing, accumulation > 1)
     acts = activation_bytes(model_config, plan, shapes, step)
     return MemoryReport(
         {

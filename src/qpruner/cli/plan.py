@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> None:
     train = config_from_args(TrainConfig, args)
     plan = plan_source(args).load(args.model, resolve_device("auto"))
     config = model_config(args.model)
-    predicted = estimate(config, plan, train.micro_batch, train.cutoff_len, train.gradient_checkpointing)
+    predicted = estimate(config, plan, train.micro_batch, train.cutoff_len, train.gradient_checkpointing,
+                         accumulation=train.accumulation)  # fmt: skip
     plan.memory = {"predicted": predicted.to_dict(), "batch": train.micro_batch, "seq_len": train.cutoff_len}
     print(plan_table(plan))
     print(format_memory_table(predicted))

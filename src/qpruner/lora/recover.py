@@ -80,6 +80,7 @@ def train_plan(
     predicted = estimate(
         model.config, plan, cfg.micro_batch, cfg.cutoff_len, cfg.gradient_checkpointing,
         compute_dtype=cfg.compute_dtype, loss_chunk=cfg.loss_chunk, device=torch.device(device).type,
+        accumulation=cfg.accumulation,
     )  # fmt: skip
     torch.manual_seed(cfg.seed)  # LoRA A's random init: the same run twice gives the same adapter
     peft_model = apply_plan(model, plan, loftq=loftq, progress=progress, validated=True)

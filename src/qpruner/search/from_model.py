@@ -83,6 +83,7 @@ def build_space(model_src: str | Path, cfg: SearchConfig, device: str = "cpu") -
         batch=cfg.train.micro_batch,
         seq_len=cfg.train.cutoff_len,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
+        accumulation=cfg.train.accumulation,
     )
 
 

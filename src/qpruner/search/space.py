@@ -71,6 +71,7 @@ class SearchSpace:
     batch: int = 4  # micro-batch and sequence length the memory is priced at
     seq_len: int = 256
     gradient_checkpointing: bool = False
+    accumulation: int = 1  # micro-batches per optimizer step, as the trials train
 
     def __post_init__(self) -> None:
         if self.search not in SPACES:
@@ -189,7 +190,8 @@ class SearchSpace:
     def price(self, plan: Plan) -> int:
         """Any plan's predicted fine-tuning bytes at the space's batch and length: how every
         trial is priced, so a budget stated as a reference plan means the same bytes."""
-        return estimate(self.model_config, plan, self.batch, self.seq_len, self.gradient_checkpointing).total
+        return estimate(self.model_config, plan, self.batch, self.seq_len, self.gradient_checkpointing,
+                        accumulation=self.accumulation).total  # fmt: skip
 
     @property
     def tokens(self) -> str:
