@@ -26,7 +26,6 @@ from qpruner.search.records import Status
 if TYPE_CHECKING:  # at run time this module stays light: the study and the report read it
     from qpruner.plan import Plan
     from qpruner.search.evaluator import Evaluation
-    from qpruner.search.search_run import SearchRun
 
 #: Trial attribute: the training steps of each rung, in order.
 FIDELITIES_ATTR = "fidelities"
@@ -55,27 +54,27 @@ def make_pruner(fidelities: tuple[int, ...] | None, reduction_factor: int = 2):
     )
 
 
-def evaluate(run: SearchRun, trial, plan: Plan) -> Evaluation:
+def evaluate(evaluator, trial, plan: Plan, *, fidelities: tuple[int, ...] | None) -> Evaluation:
     """The plan's :class:`Evaluation`: at once, or rung by rung, pruned where optuna says so."""
     import optuna
 
-    if not run.fidelities:
-        return run.evaluator(plan)
-    curve = getattr(run.evaluator, "curve", None)
+    if not fidelities:
+        return evaluator(plan)
+    curve = getattr(evaluator, "curve", None)
     if curve is None:
         raise QPrunerError(
-            f"{type(run.evaluator).__name__} scores no training curve: turn multi-fidelity off "
+            f"{type(evaluator).__name__} scores no training curve: turn multi-fidelity off "
             "(--no-multi-fidelity, SearchConfig(multi_fidelity=False))"
         )
-    trial.set_user_attr(FIDELITIES_ATTR, list(run.fidelities))
-    points = curve(plan, run.fidelities)
-    last = len(run.fidelities) - 1
+    trial.set_user_attr(FIDELITIES_ATTR, list(fidelities))
+    points = curve(plan, fidelities)
+    last = len(fidelities) - 1
     try:
         for rung, ev in enumerate(points):
             trial.report(float(ev.error), resource(rung))
             if rung < last and trial.should_prune():
                 trial.set_user_attr("status", Status.PRUNED.value)
-                raise optuna.TrialPruned(f"stopped after {run.fidelities[rung]} training steps")
+                raise optuna.TrialPruned(f"stopped after {fidelities[rung]} training steps")
     finally:
         points.close()  # a pruned trial's fine-tune ends here (its work directory removed)
     return ev

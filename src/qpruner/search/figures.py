@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from qpruner.search.records import Status
 
 if TYPE_CHECKING:
-    from qpruner.search.report import SearchSummary
+    from qpruner.search.summary import SearchSummary
 
 MIB = 2**20
 

@@ -60,7 +60,9 @@ def run_trial(run: SearchRun, trial) -> float:
         return known
     plan = run.space.plan(choices)
     plan.model = run.model
-    ev = fidelity.evaluate(run, trial, plan)  # at once, or rung by rung (may stop it early)
+    ev = fidelity.evaluate(
+        run.evaluator, trial, plan, fidelities=run.fidelities
+    )  # at once, or rung by rung (may stop it early)
     _store(trial, plan, ev, mem=mem)
     return float(ev.error)
 
