@@ -234,3 +234,19 @@ def test_a_name_and_a_gguf_file_work_wherever_a_model_is_taken(
         args += ["--calib-data", str(text_file), "--n-samples", "2", "--seq-len", "16", "--no-progress"]
         assert main(args) == 0
         assert (out / "model.safetensors").is_file()
+
+
+def test_a_gguf_is_hashed_once_per_version(tmp_path, monkeypatch, source_model):
+    """Every loader resolves its source; the GGUF (hundreds of MB) is hashed only when it changes."""
+    calls = []
+    real = catalog.file_sha256
+    monkeypatch.setattr(catalog, "file_sha256", lambda p: calls.append(p) or real(p))
+    gguf_file = write_gguf(tmp_path / "m.gguf", source_model)
+    first = resolve_model_source(str(gguf_file), cache_dir=tmp_path / "cache", announce=lambda _: None)
+    assert resolve_model_source(str(gguf_file), cache_dir=tmp_path / "cache") == first
+    assert len(calls) == 1
+    write_gguf(gguf_file, make_model("gqa", layers=2, seed=1))  # a new version of the file
+    assert (
+        resolve_model_source(str(gguf_file), cache_dir=tmp_path / "cache", announce=lambda _: None) != first
+    )
+    assert len(calls) == 2

@@ -15,6 +15,7 @@ entry in the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -207,7 +208,7 @@ def resolve_model_source(
     gguf_file = _gguf_in(path)
     if gguf_file is None:
         return src
-    sha = file_sha256(gguf_file)
+    sha = _sha256_of(gguf_file)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = root / "gguf" / sha[:16]
     source = read_source(final)
@@ -216,6 +217,18 @@ def resolve_model_source(
     say(f"qpruner: converting {gguf_file.name} to a checkpoint in {final} (once) ...")
     convert_gguf(gguf_file, final, overwrite=True, sha256=sha)
     return str(final)
+
+
+def _sha256_of(path: Path) -> str:
+    """The file's SHA-256, hashed once per version of the file: every loader resolves its model
+    source (load_base_model, load_tokenizer, the config), and a GGUF is hundreds of MB."""
+    st = path.stat()
+    return _cached_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sha256(path: str, _size: int, _mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def _gguf_in(path: Path) -> Path | None:
