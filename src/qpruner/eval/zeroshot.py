@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qpruner.architecture import model_device
 from qpruner.errors import QPrunerError
 from qpruner.eval.task_index import BUILTIN_TASK_DIR, load_tasks, local_dirs, task_data_dir, task_manager
 
@@ -190,7 +191,7 @@ def _make_lm(model: nn.Module, tokenizer, batch_size: int, progress: bool):
         raise QPrunerError("zero-shot evaluation needs the model's tokenizer")
     # lm-eval wraps every forward in torch.autocast(enabled=mixed_precision_dtype is not None):
     # left at None it would switch off the caller's autocast (evaluate_model's bf16 compute).
-    kind = next(model.parameters()).device.type
+    kind = model_device(model).type
     mixed = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
     return _LiveLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, mixed_precision_dtype=mixed)
 
