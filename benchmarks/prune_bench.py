@@ -43,7 +43,7 @@ from qpruner.loader import load_model
 from qpruner.memory import PeakMeter
 from qpruner.models.catalog import fetch_model
 from qpruner.prune import IMPORTANCE_METHODS, PruneConfig, calibration_samples, layer_targets, prune_model
-from qpruner.reference import TRAIN_FILE
+from qpruner.reference import TRAIN_FILE, resolve_corpus
 
 RESULTS = Path(__file__).parent / "results" / "prune_bench.json"
 REAL_RESULTS = Path(__file__).parent / "results" / "prune_bench_real.json"
@@ -74,9 +74,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ctx", type=int, default=512, help="real mode: perplexity window")
     ap.add_argument("--repeats", type=int, default=3, help="real mode: timed prunes per method (interleaved)")
     ap.add_argument("--methods", default="", help="real mode: comma-separated method keys (default all)")
-    ap.add_argument(
-        "--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2")
-    )
+    ap.add_argument("--data", default=None, help="real mode: WikiText-2 folder (default: ../shared/data's)")
     ap.add_argument("--table", action="store_true", help="real mode: print the table from --out, run nothing")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -308,7 +306,7 @@ def _real_ratio(state: dict, args, ratio: float, keys: list[str]) -> None:
 
 def real_main(args: argparse.Namespace) -> None:
     out = Path(args.out or REAL_RESULTS)
-    data = Path(args.data)
+    data = Path(args.data) if args.data else resolve_corpus(fallback=False)
     settings = dict(
         model=args.model,
         layer_start=args.layer_start,

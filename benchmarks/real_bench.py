@@ -28,6 +28,7 @@ from pathlib import Path
 
 from qpruner import EvalConfig, PlanSource, PruneConfig, TrainConfig, evaluate_model, finetune
 from qpruner.checkpoint import load_tokenizer
+from qpruner.data_sources import find_shared_data
 from qpruner.loader import load_model
 from qpruner.models.catalog import fetch_model
 from qpruner.prune.workflow import prune_checkpoint
@@ -66,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ppl-tokens", type=int, default=40_000)
     ap.add_argument("--limit", type=int, default=200, help="items per task (a fixed seeded sample)")
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--task-data", default=str(ROOT.parent.parent / "shared" / "data" / "zeroshot"))
+    ap.add_argument("--task-data", default=str(find_shared_data("zeroshot", files=["piqa.jsonl"]) or ""))
     ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     ap.add_argument("--search-trials", type=int, default=12)
     ap.add_argument("--search-steps", type=int, default=20)
