@@ -151,3 +151,47 @@ def test_model_based_searchers_beat_random_on_a_known_function(tmp_path):
         res = _search(tmp_path / m, m, trials=12, share=0.3)[0]
         best[m] = min(r.error for r in res.summary.records if r.status == "evaluated")
     assert best["automixq"] <= best["random"]
+
+
+class _RepeatAllocation:
+    """A sampler that always proposes the QPruner searcher's initial allocation: the stall
+    optuna's GPSampler fell into on SmolLM2 under an NF4 budget (783 duplicates, 1 plan)."""
+
+    def __init__(self, searcher):
+        self.searcher = searcher
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        return self.searcher.allocation[name]
+
+    def before_trial(self, study, trial):
+        pass
+
+    def after_trial(self, study, trial, state, values):
+        pass
+
+    def reseed_rng(self):
+        pass
+
+
+def test_qpruner_steps_off_a_sampler_that_repeats_tried_plans(tmp_path, monkeypatch):
+    import optuna
+
+    from qpruner.search.searchers.qpruner import LOCAL_MOVE, STALL_AFTER, QPrunerSearcher
+
+    class Repeat(_RepeatAllocation, optuna.samplers.BaseSampler):
+        pass
+
+    monkeypatch.setattr(QPrunerSearcher, "sampler", lambda self: Repeat(self))
+    res, space, budget, ev = _search(tmp_path, "qpruner", trials=6, share=0.3)
+    recs = res.summary.records
+    done = [r for r in recs if r.status == "evaluated"]
+    assert len(done) == 6 and len(set(ev.seen)) == 6  # six different plans, none trained twice
+    assert all(r.memory_predicted <= budget for r in done)
+    assert sum(r.proposed_by == LOCAL_MOVE for r in done) == 5
+    assert sum(r.status == "duplicate" for r in recs) <= 5 * STALL_AFTER

@@ -25,8 +25,9 @@ from qpruner.search.records import Status, TrialRecord, choose_trial, count, eva
 if TYPE_CHECKING:
     from qpruner.search.search_run import SearchRun
 
-#: Plans refused in a row (over budget) before the search gives up on its sampler.
-MAX_REJECTED_IN_A_ROW = 500
+#: Trials in a row that tried nothing new (over budget, or a plan already tried) before the
+#: search gives up on its sampler rather than loop for ever.
+MAX_WASTED_IN_A_ROW = 500
 #: How often a worker with nothing to start looks at the study again.
 POLL_SECONDS = 0.5
 #: Statuses of trials that count towards ``trials`` (None: running, not yet told).
@@ -131,7 +132,7 @@ def _store(trial, plan, ev: Evaluation, *, mem: int) -> None:
 @dataclass
 class LoopState:
     recovered: list[int] = field(default_factory=list)
-    rejected_in_a_row: int = 0
+    wasted_in_a_row: int = 0
     stopped_early: bool = False
 
 
@@ -158,9 +159,10 @@ def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, l
     if searcher.finished(recs):
         log(f"{searcher.name}: converged after {done} evaluated plans")
         return "converged"
-    if state.rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+    if state.wasted_in_a_row >= MAX_WASTED_IN_A_ROW:
         raise QPrunerError(
-            f"{searcher.name}: {state.rejected_in_a_row} plans in a row were over budget; raise the budget"
+            f"{searcher.name}: {state.wasted_in_a_row} plans in a row were over budget or tried already; "
+            "raise the budget or widen --search-bits/--ranks"
         )
     # A plan queued by any worker (or a retry) is run first; otherwise this worker proposes one,
     # registering it in the study before its fine-tune starts.
@@ -174,8 +176,8 @@ def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, l
     n_before = max((r.number for r in recs), default=-1)
     study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
     mine = [t for t in study.get_trials(deepcopy=False) if t.number > n_before]
-    rejected = any(t.user_attrs.get("status") == Status.REJECTED for t in mine)
-    state.rejected_in_a_row = state.rejected_in_a_row + 1 if rejected else 0
+    wasted = any(t.user_attrs.get("status") in (Status.REJECTED, Status.DUPLICATE) for t in mine)
+    state.wasted_in_a_row = state.wasted_in_a_row + 1 if wasted else 0
     return None
 
 

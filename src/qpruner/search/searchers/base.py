@@ -112,6 +112,33 @@ class Searcher:
                     break
         return out
 
+    def neighbour(
+        self,
+        start: dict[str, int],
+        rng: np.random.Generator,
+        seen: set[tuple[int, ...]],
+        *,
+        tries: int = 5_000,
+    ) -> dict[str, int] | None:
+        """An unseen plan that fits, one or two adjacent steps from ``start``, else None.
+
+        A two-parameter move raises one parameter and lowers another, so a plan already at the
+        budget can still trade memory between layers: a single raise would not fit, and a
+        single cut is almost always worse.
+        """
+        names = list(self.space.param_choices)
+        for _ in range(tries):
+            c = dict(start)
+            moved = rng.choice(len(names), size=min(len(names), 1 + int(rng.integers(2))), replace=False)
+            steps = (1, -1) if rng.random() < 0.5 else (-1, 1)
+            for j, step in zip(moved, steps, strict=False):
+                levels = self.space.param_choices[names[j]]
+                at = levels.index(c[names[j]]) + step
+                c[names[j]] = levels[min(max(at, 0), len(levels) - 1)]
+            if self.space.key(c) not in seen and self.feasible(c):
+                return c
+        return None
+
     def exhausted(self) -> QPrunerError:
         return InfeasibleBudget(
             f"{self.name}: no unevaluated plan of this space fits the budget; the search space is used up "
