@@ -14,7 +14,8 @@ and skipped when the file already has it, so the table can be built across sever
 (rerunning with other settings is refused; use another ``--out``).
 
     python benchmarks/real_bench.py --quick      # ~30 min on 2 shared CPU cores: 20 % only, short
-    python benchmarks/real_bench.py              # the full table (hours on 2 CPU cores)
+    python benchmarks/real_bench.py              # the full table (~3 h on 2 quiet CPU cores)
+    python benchmarks/real_bench.py --ratios 0.2 # one ratio (~1.5 h); the rest on a later run
     python benchmarks/real_bench.py --table      # print the table from the JSON, run nothing
 """
 
@@ -63,14 +64,16 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ratios", default="0.2,0.5")
     ap.add_argument("--layer-start", type=int, default=3)
     ap.add_argument("--layer-end", type=int, default=-2)
-    ap.add_argument("--steps", type=int, default=150, help="recovery optimizer steps (8 x 256 tokens each)")
+    # Sized so both ratios fit in ~3 h on 2 CPU cores (issue 14): a recovery is 40 x 8 x 256 =
+    # 82k tokens (~5 min at ~300 tokens/s), a search 6 multi-fidelity trials of up to 10 steps.
+    ap.add_argument("--steps", type=int, default=40, help="recovery optimizer steps (8 x 256 tokens each)")
     ap.add_argument("--ppl-tokens", type=int, default=40_000)
-    ap.add_argument("--limit", type=int, default=200, help="items per task (a fixed seeded sample)")
+    ap.add_argument("--limit", type=int, default=100, help="items per task (a fixed seeded sample)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--task-data", default=str(find_shared_data("zeroshot", files=["piqa.jsonl"]) or ""))
     ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
-    ap.add_argument("--search-trials", type=int, default=12)
-    ap.add_argument("--search-steps", type=int, default=20)
+    ap.add_argument("--search-trials", type=int, default=6)
+    ap.add_argument("--search-steps", type=int, default=10)
     ap.add_argument("--work", default=str(ROOT / "out" / "real_bench"))
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--table", action="store_true", help="print the table from --out and stop")
@@ -296,7 +299,7 @@ def table(data: dict) -> str:
 
 def main() -> None:
     args = parse_args()
-    settings = {k: v for k, v in vars(args).items() if k not in ("rows", "table", "out", "work")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("rows", "ratios", "table", "out", "work")}
     rows = Rows(Path(args.out), settings)
     if args.table:
         print(table(rows.data))

@@ -41,7 +41,10 @@ def test_search_then_report_end_to_end(model_dir, text_file, tmp_path, capsys):
     summary = json.loads((out / "search.json").read_text())
     first = min(summary["records"], key=lambda r: r["number"])
     assert first["proposed_by"] == "initial allocation" and first["metrics"]["ppl"] > 1
-    assert len(summary["extra"]["importance"]["scores"]) == 6
+    imp = summary["extra"]["importance"]
+    assert len(imp["scores"]) == 6 and imp["scores"] == imp["profile"]["taylor"]  # what allocated
+    assert len(imp["profile"]["sensitivity"]["delta"]) == 6 and (out / "sensitivity.png").is_file()
+    assert "Layer sensitivity" in (out / "report.html").read_text()
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file() and "report:" in capsys.readouterr().out

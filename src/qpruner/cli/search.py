@@ -56,9 +56,14 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
     p.add_argument("--search-metric", default="ppl", help="ppl, or an lm-eval task (error = 1 - acc)")
     p.add_argument(
         "--layer-importance",
-        choices=["mi", "taylor", "random"],
+        choices=["mi", "taylor", "sensitivity", "random"],
         default="mi",
-        help="QPruner's layer importance (mutual information or Taylor)",
+        help="QPruner's layer importance: mutual information, Taylor, or measured 2/3-bit sensitivity",
+    )
+    p.add_argument(
+        "--no-layer-profile",
+        action="store_true",
+        help="skip measuring each layer's 2/3-bit sensitivity beside MI and Taylor (report figure)",
     )
     p.add_argument("--search-seed", type=int, default=0)
 
@@ -85,6 +90,7 @@ def search_config(args: argparse.Namespace, **fixed):
         task_dir=getattr(args, "task_dir", None),
         train=trial_training(args.trial_steps),
         importance=args.layer_importance,
+        layer_profile=not args.no_layer_profile,
         multi_fidelity=not args.no_multi_fidelity,
         **fixed,
     )

@@ -167,3 +167,33 @@ def curves_png(s: SearchSummary) -> bytes | None:
     ax.set_title("each trial's curve: scored as it trains, weak plans stopped early")
     ax.legend(handles=[Line2D([], [], label=k, **v) for k, v in styles.items()], fontsize=7)
     return _png(fig)
+
+
+def sensitivity_png(profile: dict | None) -> bytes | None:
+    """Each layer's measured Δ loss alone at 2 and 3 bits (bars) beside MI and Taylor importance
+    scaled to their maximum (lines), Spearman ρ in the title; None where it was not measured."""
+    if not profile or "sensitivity" not in profile:
+        return None
+    sens = profile["sensitivity"]
+    layers = range(len(sens["delta"]))
+    fig = _figure(7.2, 4.0)
+    ax = fig.add_subplot()
+    width = 0.8 / len(sens["bits"])
+    for j, b in enumerate(sens["bits"]):
+        offset = (j - (len(sens["bits"]) - 1) / 2) * width
+        heights = [row[j] for row in sens["delta"]]
+        ax.bar([i + offset for i in layers], heights, width, label=f"Δ loss, {b}-bit")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("Δ loss (nats), that layer alone quantized")
+    twin = ax.twinx()
+    for method, style in (("mi", "k-"), ("taylor", "r--")):
+        scores = profile.get(method)
+        if scores and max(scores) > 0:
+            scaled = [s / max(scores) for s in scores]
+            twin.plot(list(layers), scaled, style, lw=1.2, label=f"{method} (scaled)")
+    twin.set_ylabel("proxy importance / its max")
+    rho = ", ".join(f"{k} ρ={v:.2f}" for k, v in profile.get("spearman", {}).items() if v is not None)
+    ax.set_title(f"layer sensitivity, measured vs proxies\n{rho}", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    return _png(fig)

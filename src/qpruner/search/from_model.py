@@ -51,7 +51,10 @@ class SearchConfig:
     train: TrainConfig = field(default_factory=trial_training)  # each trial's fine-tune
     eval_max_tokens: int | None = 20_000
     ctx_len: int | None = 128
-    importance: str = "mi"  # mi | taylor | random
+    importance: str = "mi"  # mi | taylor | sensitivity | random
+    # With the importance, every layer's measured quantization sensitivity beside MI and Taylor
+    # (qpruner.search.sensitivity; stored in the study, a figure in the report).
+    layer_profile: bool = True
     n_calib: int = 16
     calib_len: int = 128
     dtype: str | None = None  # plan dtype; None: bf16 on CUDA, fp32 on CPU
@@ -92,16 +95,26 @@ def importance_source(model_src: str | Path, cfg: SearchConfig, dtype: str, *, d
     if cfg.calib_data is None:
         return None
 
-    def compute() -> list[float]:
+    def compute() -> list[float] | dict:
         from qpruner.checkpoint import load_base_model, load_tokenizer
         from qpruner.device import resolve_dtype
         from qpruner.prune.calibration import calibration_samples
-        from qpruner.search.layer_importance import layer_importance
+        from qpruner.search.layer_importance import layer_importance, layer_profile
+        from qpruner.search.sensitivity import Sensitivity
 
         tok = load_tokenizer(model_src)
         samples = calibration_samples(cfg.calib_data, tok, cfg.n_calib, cfg.calib_len, seed=cfg.seed)
         model = load_base_model(model_src, dtype=resolve_dtype(dtype, torch.device(device)), device=device)
-        return layer_importance(model, samples, cfg.importance, seed=cfg.seed)
+        if not cfg.layer_profile:
+            return layer_importance(model, samples, cfg.importance, seed=cfg.seed)
+        profile = layer_profile(model, samples, seed=cfg.seed)
+        if cfg.importance == "sensitivity":
+            scores = Sensitivity.from_dict(profile["sensitivity"]).scores()
+        elif cfg.importance in profile:
+            scores = profile[cfg.importance]
+        else:
+            scores = layer_importance(model, samples, cfg.importance, seed=cfg.seed)
+        return {"scores": scores, "profile": profile}
 
     return compute
 

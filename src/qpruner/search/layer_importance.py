@@ -15,12 +15,18 @@ constant (it adds nothing) scores exactly 0.
 linear weights on the causal-LM loss (LLM-Pruner's estimate of the loss change if the layer
 were removed), reusing the pruning stage's low-memory gradient accumulation.
 
+``sensitivity``: measured, not a proxy: the loss each layer costs when it alone is quantized
+to 2 and 3 bits, untrained (:mod:`qpruner.search.sensitivity`). Dearer (one forward pass per
+layer and width) but it is the quantity the allocation trades; :func:`layer_profile` puts it
+beside MI and Taylor with their Spearman correlation.
+
 ``random``: seeded uniform scores, the baseline.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -28,8 +34,9 @@ from tqdm.auto import tqdm
 
 from qpruner.architecture import decoder_layers, model_device
 from qpruner.errors import QPrunerError
+from qpruner.search.sensitivity import measure_sensitivity, spearman
 
-METHODS = ("mi", "taylor", "random")
+METHODS = ("mi", "taylor", "sensitivity", "random")
 MAX_TOKENS = 4096  # contributions kept per layer (seeded subsample): bounds memory on big models
 PROJ_DIM = 32
 
@@ -177,9 +184,36 @@ def layer_importance(
     was_training = model.training
     model.eval()
     try:
+        if method == "sensitivity":
+            return measure_sensitivity(model, samples, micro_batch=micro_batch, progress=progress).scores()
         if method == "mi":
             return _mi_scores(model, samples, n_clusters=n_clusters, n_classes=n_classes, seed=seed,
                               micro_batch=micro_batch, progress=progress)  # fmt: skip
         return _taylor_scores(model, samples, micro_batch=micro_batch, progress=progress)
     finally:
         model.train(was_training)
+
+
+def layer_profile(
+    model: nn.Module,
+    samples: torch.Tensor,
+    *,
+    seed: int = 0,
+    micro_batch: int = 4,
+    progress: bool = False,
+) -> dict:
+    """Measured sensitivity beside MI and Taylor importance, with each proxy's Spearman ρ
+    against the measured Δ loss at each width: what the report's sensitivity figure shows."""
+    proxies, seconds = {}, {}
+    for method in ("mi", "taylor"):
+        t0 = time.perf_counter()
+        proxies[method] = layer_importance(model, samples, method, seed=seed, micro_batch=micro_batch)
+        seconds[method] = time.perf_counter() - t0
+    sens = measure_sensitivity(model, samples, micro_batch=micro_batch, progress=progress)
+    seconds["sensitivity"] = sens.seconds
+    rho = {
+        f"{method} vs {b}-bit": spearman(scores, sens.column(b))
+        for method, scores in proxies.items()
+        for b in sens.bits
+    }
+    return {"sensitivity": sens.to_dict(), **proxies, "spearman": rho, "seconds": seconds}

@@ -10,7 +10,15 @@ import base64
 import html
 from pathlib import Path
 
-from qpruner.search.figures import MIB, curves_png, model_png, pareto_png, plan_png, progress_png
+from qpruner.search.figures import (
+    MIB,
+    curves_png,
+    model_png,
+    pareto_png,
+    plan_png,
+    progress_png,
+    sensitivity_png,
+)
 from qpruner.search.records import Status, count
 from qpruner.search.summary import SearchSummary
 
@@ -92,10 +100,12 @@ def _figures(s: SearchSummary, out: Path) -> list[str]:
         ("progress.png", "Search progress", progress_png(s), ""),
         ("curves.png", "Learning curves", curves_png(s), "Skipped: each trial was scored once (no curve)."),
         ("performance_model.png", "Performance model", model_png(s), few),
-    ]
+        ("sensitivity.png", "Layer sensitivity", sensitivity_png(s.layer_profile()),
+         "Not measured (no calibration data, or --no-layer-profile)."),
+    ]  # fmt: skip
     if chosen is not None and chosen.plan:
         figures.insert(1, ("plan.png", "Chosen plan per layer", plan_png(chosen.plan), ""))
-    for stale in ("plan.png", "curves.png", "performance_model.png"):
+    for stale in ("plan.png", "curves.png", "performance_model.png", "sensitivity.png"):
         # A re-render into the same folder must not leave a figure the page says it skipped.
         if not any(name == stale and png is not None for name, _, png, _ in figures):
             (out / stale).unlink(missing_ok=True)

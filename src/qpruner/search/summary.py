@@ -70,6 +70,12 @@ class SearchSummary:
             return [float(x) for x in imp], str(self.extra.get("importance_method", ""))
         return None
 
+    def layer_profile(self) -> dict | None:
+        """Measured sensitivity beside MI and Taylor, where the search measured it
+        (:func:`qpruner.search.layer_importance.layer_profile`)."""
+        imp = self.extra.get("importance")
+        return imp.get("profile") if isinstance(imp, dict) else None
+
     def front(self) -> list[int]:
         """Trial numbers on the measured Pareto front (error vs memory)."""
         ev = [r for r in self.evaluated() if r.memory is not None]

@@ -30,7 +30,9 @@ LOCAL_MOVE = "local move (the sampler repeated tried or over-budget plans)"
 #: searcher proposes a neighbour of the best plan itself.
 STALL_AFTER = 3
 
-ImportanceSource = list[float] | Callable[[], list[float]]
+#: Scores, or a callable computing them (run once per study); the callable may return
+#: ``{"scores": [...], "profile": {...}}`` (:func:`qpruner.search.layer_importance.layer_profile`).
+ImportanceSource = list[float] | Callable[[], list[float] | dict]
 
 
 def initial_bits(space: SearchSpace, importance: list[float], budget: int) -> list[int]:
@@ -66,9 +68,11 @@ def load_importance(study, source: ImportanceSource | None, method: str) -> list
         return [float(x) for x in stored["scores"]]
     if source is None:
         raise QPrunerError("this searcher needs layer importance: pass calibration data (--calib-data)")
-    scores = [float(x) for x in (source() if callable(source) else source)]
-    study.set_user_attr(IMPORTANCE_ATTR, {"scores": scores, "method": method})
-    return scores
+    value = source() if callable(source) else source
+    record = dict(value) if isinstance(value, dict) else {"scores": value}
+    record["scores"] = [float(x) for x in record["scores"]]
+    study.set_user_attr(IMPORTANCE_ATTR, {**record, "method": method})
+    return record["scores"]
 
 
 class QPrunerSearcher(Searcher):
