@@ -77,8 +77,22 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".png").write_bytes(sensitivity_png({**profile, "sensitivity": reference.to_dict()}))
+    write_figure(result, out.with_suffix(".png"))
     print(table(result))
+
+
+def write_figure(r: dict, path: Path) -> None:
+    """The report's figure over the held-out measurement, with the proxies' ρ against it."""
+    rho = {
+        k.replace(" held-out", ""): v for k, v in r["spearman_vs_heldout"].items() if "sensitivity" not in k
+    }
+    figure = {
+        "sensitivity": r["heldout"],
+        "mi": r["profile"]["mi"],
+        "taylor": r["profile"]["taylor"],
+        "spearman": rho,
+    }
+    path.write_bytes(sensitivity_png(figure))
 
 
 def table(r: dict) -> str:

@@ -20,8 +20,10 @@ LAYERS = 6
 FAST = {"automixq": {"n_initial": 3, "population": 16, "generations": 4},
         "joint": {"n_initial": 3, "population": 16, "generations": 4},
         "rankadaptor": {"n_initial": 3, "n_candidates": 300, "tolerance": 0.0},
-        "qpruner": {"importance": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0], "n_startup": 2}}  # fmt: skip
-SPACES = {"qpruner": "bits", "automixq": "bits", "rankadaptor": "ranks", "joint": "joint", "random": "joint"}
+        "qpruner": {"importance": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0], "n_startup": 2},
+        "nsga2": {"population": 4}}  # fmt: skip
+SPACES = {"qpruner": "bits", "automixq": "bits", "rankadaptor": "ranks", "joint": "joint", "random": "joint",
+          "nsga2": "bits"}  # fmt: skip
 
 
 def _search(tmp_path, method, trials=6, seed=0, name="s", share=0.4, resume=False, evaluator=None):
@@ -182,7 +184,8 @@ class _RepeatAllocation:
 def test_qpruner_steps_off_a_sampler_that_repeats_tried_plans(tmp_path, monkeypatch):
     import optuna
 
-    from qpruner.search.searchers.qpruner import LOCAL_MOVE, STALL_AFTER, QPrunerSearcher
+    from qpruner.search.searchers.base import LOCAL_MOVE, STALL_AFTER
+    from qpruner.search.searchers.qpruner import QPrunerSearcher
 
     class Repeat(_RepeatAllocation, optuna.samplers.BaseSampler):
         pass
@@ -195,3 +198,21 @@ def test_qpruner_steps_off_a_sampler_that_repeats_tried_plans(tmp_path, monkeypa
     assert all(r.memory_predicted <= budget for r in done)
     assert sum(r.proposed_by == LOCAL_MOVE for r in done) == 5
     assert sum(r.status == "duplicate" for r in recs) <= 5 * STALL_AFTER
+
+
+def test_a_budget_only_the_cheapest_plan_meets_is_refused(tmp_path):
+    """Nothing to search: one line, before any study (the NF4 budget on SmolLM2, where 2/3-bit
+    hqq layers cost more to fine-tune than NF4, let only uniform NF4 through)."""
+    space = make_space("bits", LAYERS)
+    run = SearchRun(
+        space=space,
+        evaluator=SyntheticEvaluator(LAYERS),
+        budget=space.memory(space.cheapest()),
+        storage=f"sqlite:///{tmp_path / 'x.db'}",
+        trials=3,
+        study_name="x",
+    )
+    with pytest.raises(InfeasibleBudget, match="fits only the cheapest plan"):
+        run_search(run, progress=False)
+    assert not (tmp_path / "x.db").exists()
+    space.check_budget(space.memory(space.cheapest()) + space.layer_cost(0, 8, 8) - space.layer_cost(0, 4, 8))

@@ -56,9 +56,10 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
     p.add_argument("--search-metric", default="ppl", help="ppl, or an lm-eval task (error = 1 - acc)")
     p.add_argument(
         "--layer-importance",
-        choices=["mi", "taylor", "sensitivity", "random"],
-        default="mi",
-        help="QPruner's layer importance: mutual information, Taylor, or measured 2/3-bit sensitivity",
+        choices=["sensitivity", "mi", "taylor", "random"],
+        default="sensitivity",
+        help="layer importance for the bit allocation: measured 2/3-bit sensitivity (default), "
+        "mutual information (the QPruner paper's), Taylor, or random",
     )
     p.add_argument(
         "--no-layer-profile",

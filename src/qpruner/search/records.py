@@ -112,6 +112,16 @@ def count(records: list[TrialRecord], status: Status = Status.EVALUATED) -> int:
     return sum(r.status == status for r in records)
 
 
+def wasted_in_a_row(records: list[TrialRecord]) -> int:
+    """How many of the latest trials in a row tried nothing new: duplicates and refusals."""
+    n = 0
+    for r in sorted(records, key=lambda r: -r.number):
+        if r.status not in (Status.DUPLICATE, Status.REJECTED):
+            break
+        n += 1
+    return n
+
+
 def tried(records: list[TrialRecord]) -> int:
     """Plans the study has tried: evaluated, or stopped early by the pruner (what ``trials`` counts)."""
     return count(records, Status.EVALUATED) + count(records, Status.PRUNED)

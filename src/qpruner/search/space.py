@@ -254,7 +254,9 @@ class SearchSpace:
         return out
 
     def check_budget(self, budget: int, stated: str | None = None) -> None:
-        """Refuse, before any training, a budget that even the cheapest plan exceeds.
+        """Refuse, before any training, a budget that even the cheapest plan exceeds, or that
+        only the cheapest plan meets (nothing to search: e.g. uniform NF4's memory where every
+        other width costs more to fine-tune, as 2/3-bit hqq does at SmolLM2's shapes).
 
         ``stated``: how the user wrote the budget (a reference plan, a share), named in the error.
         """
@@ -270,6 +272,15 @@ class SearchSpace:
                 f"memory budget {format_bytes(budget)}{said} at {self.tokens} is below the cheapest plan "
                 f"of this space ({format_bytes(low)} at {'/'.join(map(str, bits))} bits, "
                 f"rank {'/'.join(map(str, ranks))}); raise the budget or allow other bits / smaller ranks"
+            )
+        # Each layer's cost is additive and the cheapest plan is every layer's minimum, so when
+        # no single step away from it fits, no plan but the cheapest does.
+        steps = ({**cheapest, k: v} for k, choices in self.param_choices.items() for v in choices)
+        if not any(c != cheapest and self.memory(c) <= budget for c in steps):
+            said = f" ({stated})" if stated else ""
+            raise InfeasibleBudget(
+                f"memory budget {format_bytes(budget)}{said} at {self.tokens} fits only the cheapest plan of "
+                f"this space ({format_bytes(low)}): nothing to search; raise the budget"
             )
 
     # ---- features for performance models ------------------------------------------------------

@@ -13,6 +13,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "rankadaptor": ("qpruner.search.searchers.rankadaptor", "RankAdaptorSearcher"),
     "joint": ("qpruner.search.searchers.joint", "JointSearcher"),
     "random": ("qpruner.search.searchers.random_search", "RandomSearcher"),
+    "nsga2": ("qpruner.search.searchers.nsga2", "NSGA2Searcher"),
 }
 #: Searchers that rank layers by importance (they use calibration data).
 USES_IMPORTANCE = ("qpruner", "joint")

@@ -18,17 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qpruner.errors import QPrunerError
-from qpruner.search.records import Status, TrialRecord, choose_trial
+from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.base import Proposal, Searcher
 from qpruner.search.space import InfeasibleBudget, SearchSpace
 
 IMPORTANCE_ATTR = "importance"
 ALLOCATION_ATTR = "initial_allocation"
 INITIAL = "initial allocation"
-LOCAL_MOVE = "local move (the sampler repeated tried or over-budget plans)"
-#: Trials in a row that the sampler wasted (a plan already tried, or over budget) before the
-#: searcher proposes a neighbour of the best plan itself.
-STALL_AFTER = 3
 
 #: Scores, or a callable computing them (run once per study); the callable may return
 #: ``{"scores": [...], "profile": {...}}`` (:func:`qpruner.search.layer_importance.layer_profile`).
@@ -114,28 +110,7 @@ class QPrunerSearcher(Searcher):
     def propose(self, records: list[TrialRecord]) -> Proposal | None:
         if not any(r.proposed_by == INITIAL for r in records):
             return Proposal(dict(self.allocation), INITIAL)
-        if stalled(records) < STALL_AFTER:
-            return None  # the GP sampler proposes
-        # The GP optimises its acquisition over a relaxed space and rounds: under a tight
-        # budget it lands on the same tried plan again and again (optuna learns nothing from
-        # a duplicate, which is not a completed trial). Step off it: a neighbour of the best.
-        best = choose_trial(records, self.budget)
-        start = dict(best.params) if best is not None else dict(self.allocation)
-        rng, seen = self.rng(records), self.seen(records)
-        choice = self.neighbour(start, rng, seen) or next(iter(self.random_feasible(rng, seen)), None)
-        if choice is None:
-            raise self.exhausted()
-        return Proposal(choice, LOCAL_MOVE)
+        return self.unstick(records, self.allocation)  # None: the GP sampler proposes
 
     def describe(self) -> dict:
         return {"method": self.name, "importance_method": self.importance_method, "n_startup": self.n_startup}
-
-
-def stalled(records: list[TrialRecord]) -> int:
-    """How many of the latest trials in a row the sampler wasted: duplicates and refusals."""
-    n = 0
-    for r in sorted(records, key=lambda r: -r.number):
-        if r.status not in (Status.DUPLICATE, Status.REJECTED):
-            break
-        n += 1
-    return n
