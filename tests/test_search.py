@@ -26,7 +26,9 @@ SPACES = {"qpruner": "bits", "automixq": "bits", "rankadaptor": "ranks", "joint"
           "nsga2": "bits"}  # fmt: skip
 
 
-def _search(tmp_path, method, trials=6, seed=0, name="s", share=0.4, resume=False, evaluator=None):
+def _search(
+    tmp_path, method, trials=6, seed=0, name="s", share=0.4, resume=False, evaluator=None, time_budget=None
+):
     tmp_path.mkdir(parents=True, exist_ok=True)
     space = make_space(SPACES[method], LAYERS)
     budget = budget_between(space, share)
@@ -44,6 +46,7 @@ def _search(tmp_path, method, trials=6, seed=0, name="s", share=0.4, resume=Fals
         study_name=name,
         seed=seed,
         options=kwargs,
+        time_budget=time_budget,
     )
     res = run_search(run, tmp_path / name, resume=resume, progress=False, log=lambda *_: None)
     return res, space, budget, ev
@@ -216,3 +219,33 @@ def test_a_budget_only_the_cheapest_plan_meets_is_refused(tmp_path):
         run_search(run, progress=False)
     assert not (tmp_path / "x.db").exists()
     space.check_budget(space.memory(space.cheapest()) + space.layer_cost(0, 8, 8) - space.layer_cost(0, 4, 8))
+
+
+def _trial_times(tmp_path) -> list[float]:
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials()]
+
+
+def test_a_time_budget_stops_the_search_and_resumes_with_more_time(tmp_path):
+    ev = SyntheticEvaluator(LAYERS, delay=0.4)
+    res = _search(tmp_path, "random", trials=50, evaluator=ev, time_budget=1.0)[0]
+    times = _trial_times(tmp_path)
+    # stopped as soon as the trials had spent the budget: not before, not a trial later
+    assert res.out_of_time and sum(times) >= 1.0 > sum(times) - times[-1]
+    first = len(times)
+    res = _search(tmp_path, "random", trials=50, evaluator=ev, time_budget=2.5, resume=True)[0]
+    times = _trial_times(tmp_path)  # the spent time is the study's: counted across runs
+    assert res.out_of_time and len(times) > first and sum(times) >= 2.5 > sum(times) - times[-1]
+    assert len([r for r in res.summary.records if r.status == "evaluated"]) == len(times) < 50
+
+
+def test_parse_duration():
+    from qpruner.units import parse_duration
+
+    assert parse_duration("90m") == 5400 and parse_duration("2h") == 7200
+    assert parse_duration("600") == parse_duration("600s") == parse_duration(600) == 600
+    for bad in ("soon", "-5m", "0"):
+        with pytest.raises(QPrunerError, match="duration"):
+            parse_duration(bad)

@@ -67,6 +67,11 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
         help="skip measuring each layer's 2/3-bit sensitivity beside MI and Taylor (report figure)",
     )
     p.add_argument("--search-seed", type=int, default=0)
+    p.add_argument(
+        "--time-budget",
+        help="stop starting trials once they have used this much time in total (600, 90m, 2h); "
+        "with --trials, whichever comes first",
+    )
 
 
 def search_config(args: argparse.Namespace, **fixed):
@@ -93,6 +98,7 @@ def search_config(args: argparse.Namespace, **fixed):
         importance=args.layer_importance,
         layer_profile=not args.no_layer_profile,
         multi_fidelity=not args.no_multi_fidelity,
+        time_budget=args.time_budget,
         **fixed,
     )
 

@@ -25,6 +25,7 @@ from qpruner.search.run import SearchResult, run_search
 from qpruner.search.search_run import SearchRun
 from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
 from qpruner.search.space import SearchSpace
+from qpruner.units import parse_duration
 
 
 @dataclass
@@ -64,6 +65,7 @@ class SearchConfig:
     # Multi-fidelity trials (qpruner.search.fidelity): each scored before training and after
     # train.steps/2^(rungs-1), ..., /2 and all its steps; optuna's successive halving stops weak ones.
     multi_fidelity: bool = True
+    time_budget: float | str | None = None  # "90m", "2h", seconds of trial time; None: --trials only
     fidelity_rungs: int = 3  # trained rungs after the 0-step screen: 20 steps -> 0, 5, 10, 20
     screen_tokens: int | None = 4096  # held-out tokens scoring the early rungs
     options: dict = field(default_factory=dict)  # searcher keyword arguments (n_initial, tolerance, ...)
@@ -168,6 +170,7 @@ def search_model(
         model=str(model_src),
         heartbeat=cfg.heartbeat,
         grace=cfg.grace,
+        time_budget=None if cfg.time_budget is None else parse_duration(cfg.time_budget),
     )
     # A storage named with --storage is shared: every worker runs this same command and joins
     # the study (its settings must match); the default one in --out needs --resume.
@@ -189,6 +192,8 @@ def _check_settings(cfg: SearchConfig) -> None:
     st.check_heartbeat(cfg.heartbeat, cfg.grace)
     parse_budget(cfg.memory_budget)
     fidelities(cfg)
+    if cfg.time_budget is not None:
+        parse_duration(cfg.time_budget)
 
 
 def _finetune_evaluator(

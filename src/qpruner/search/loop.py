@@ -134,12 +134,13 @@ class LoopState:
     recovered: list[int] = field(default_factory=list)
     wasted_in_a_row: int = 0
     stopped_early: bool = False
+    out_of_time: bool = False
 
 
 def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, log: Callable) -> str | None:
     """One iteration: recover dead workers' trials, stop if done, propose, run one trial.
 
-    Returns ``"done"`` or ``"converged"`` to stop, None to go on.
+    Returns ``"done"``, ``"converged"`` or ``"out of time"`` to stop, None to go on.
     """
     failed = st.fail_dead_trials(study)
     if failed:
@@ -150,6 +151,13 @@ def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, l
     _show(bar, recs, run)
     if done >= run.trials:
         return "done"
+    if run.time_budget is not None and (spent := st.trial_seconds(study)) >= run.time_budget:
+        allowed = run.time_budget
+        log(
+            f"{run.searcher.name}: time budget used ({spent:.0f} s of trials, {allowed:.0f} s allowed) "
+            f"after {done} plans"
+        )
+        return "out of time"
     if done + count(recs, Status.RUNNING) >= run.trials:
         # Other workers are finishing the last trials: wait for them rather than overshoot N
         # (a trial of theirs that fails is failed, requeued and picked up here).

@@ -42,6 +42,7 @@ class SearchResult:
     stopped_early: bool = False
     new_trials: int = 0
     failed_recovered: list[int] = field(default_factory=list)
+    out_of_time: bool = False  # stopped by the run's time budget
 
 
 def run_search(
@@ -86,6 +87,7 @@ def run_search(
         ) is None:
             pass
         state.stopped_early = outcome == "converged"
+        state.out_of_time = outcome == "out of time"
         bar.close()
         recs = with_retries(lambda: st.records(study), run, log)
     finally:
@@ -97,6 +99,7 @@ def run_search(
         state.stopped_early,
         tried(recs) - done0,
         state.recovered,
+        state.out_of_time,
     )
     return finish(result, run, study_name=study.study_name, out_dir=out_dir)
 

@@ -46,6 +46,10 @@ class SearchRun:
     db_backoff: float = 2.0
     fidelities: tuple[int, ...] | None = None  # e.g. (0, 5, 10, 20): multi-fidelity trials
     reduction_factor: int = 2  # successive halving: the share of plans a rung keeps is 1/this
+    # Seconds of trial time (summed over the study's trials and workers) after which no new
+    # trial starts; None: only ``trials`` limits. Not part of the identity: a resumed search
+    # may be given more time.
+    time_budget: float | None = None
     stated_budget: Budget = field(init=False, repr=False)  # the budget as stated, with its bytes
 
     def __post_init__(self) -> None:
