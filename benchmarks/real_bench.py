@@ -160,15 +160,17 @@ def train_config(steps: int) -> TrainConfig:
     )
 
 
-def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str) -> dict:
-    """Recover ``pruned`` per ``plan`` on valid.txt (same tokens for every row) and evaluate it."""
+def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str, seed: int | None = None) -> dict:
+    """Recover ``pruned`` per ``plan`` on valid.txt (same tokens for every row) and evaluate it.
+    ``seed``: another training seed (LoRA init, data order, dropout) than TrainConfig's."""
     t0 = time.perf_counter()
+    train = train_config(args.steps) if seed is None else replace(train_config(args.steps), seed=seed)
     res = finetune(
         pruned,
         ctx["corpus"] / "valid.txt",
         Path(args.work) / name,
         plan=plan,
-        train_config=train_config(args.steps),
+        train_config=train,
         loftq=loftq,
         resume=True,
         export=False,

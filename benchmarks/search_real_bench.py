@@ -1,0 +1,241 @@
+"""Does search pay for itself on a real model? Every searcher at equal time on SmolLM2-135M.
+
+Issue 15 item 3. SmolLM2-135M Taylor-pruned at ``--ratio`` (layers 3..L-2), then per method and
+seed one search with the same time budget (``--minutes`` of trial time, ``--time-budget``) in
+the bits space (2/3/4/8/16 bits, rank 8), multi-fidelity trials, selection on WikiText-2
+``valid.txt``. Methods: QPruner (measured-sensitivity allocation + GP), AutoMixQ (performance
+model + NSGA-II on it), ``nsga2`` (optuna's NSGA-II directly on measured trials: the method of
+AutoMixQ's released code), random search, and random search with full trials
+(``--no-multi-fidelity``) to price what multi-fidelity saves. The best plan of each search is
+recovered exactly like real_bench's uniform rows (same tokens, same seed) and scored on
+WikiText-2 test perplexity and the task average; uniform QLoRA NF4 / LoftQ NF4 / int8 rows are
+recovered beside them, NF4 with several training seeds for the seed-to-seed spread.
+
+The memory budget is halfway between uniform NF4 and uniform int8 (real_bench's rule: at
+NF4's own memory only uniform NF4 fits on this CPU, see real_bench.py).
+
+Reported per method: test perplexity and task average as mean ± standard error over seeds,
+the search's best valid error, evaluations, hypervolume (error x memory, one reference point)
+at 25/50/100 % of the time budget, and over all studies the performance model's Spearman ρ on
+held-out plans (fit on every study but one, predict that one's plans).
+
+    python benchmarks/search_real_bench.py --quick   # 2 seeds x 3 min per method (~1.5 h)
+    python benchmarks/search_real_bench.py           # 3 seeds x 8 min per method (~4 h)
+    python benchmarks/search_real_bench.py --table   # print the table from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import real_bench as rb
+
+from qpruner.checkpoint import load_tokenizer
+from qpruner.data_sources import find_shared_data
+from qpruner.models.catalog import fetch_model
+from qpruner.reference import resolve_corpus
+from qpruner.search import SearchConfig, search_model
+from qpruner.search.from_model import build_space
+from qpruner.search.pareto import hypervolume
+from qpruner.search.recipe import trial_training
+
+ROOT = Path(__file__).resolve().parent
+#: label -> (method, multi-fidelity)
+METHODS = {
+    "QPruner": ("qpruner", True),
+    "AutoMixQ": ("automixq", True),
+    "NSGA-II (AutoMixQ's code)": ("nsga2", True),
+    "random": ("random", True),
+    "random, full trials": ("random", False),
+}
+UNIFORM = ("QLoRA NF4", "LoftQ NF4", "int8 + LoRA")
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--quick", action="store_true", help="2 seeds, 3 min per search, 20 recovery steps, 4 tasks"
+    )
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--layer-start", type=int, default=3)
+    ap.add_argument("--layer-end", type=int, default=-2)
+    ap.add_argument("--minutes", type=float, default=8.0, help="trial time per search")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--steps", type=int, default=40, help="recovery steps (8 x 256 tokens), as real_bench")
+    ap.add_argument("--search-steps", type=int, default=10, help="steps of a full trial")
+    ap.add_argument("--ppl-tokens", type=int, default=40_000)
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--tasks", default=",".join(rb.TASKS))
+    ap.add_argument("--task-data", default=str(find_shared_data("zeroshot", files=["piqa.jsonl"]) or ""))
+    ap.add_argument("--work", default=str(ROOT / "out" / "search_real_bench"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "search_real_bench.json"))
+    ap.add_argument("--table", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.minutes, args.seeds, args.limit, args.steps = 3.0, "0,1", 50, 20
+        args.tasks = "qp_piqa,qp_arc_easy,qp_winogrande,qp_copa"
+        args.ppl_tokens = 20_000
+        args.work += "_quick"
+        args.out = args.out.replace(".json", "_quick.json")
+    args.ratios, args.rows = str(args.ratio), ""  # what real_bench.run_ratio reads
+    return args
+
+
+def search_cfg(
+    args, method: str, *, seed: int, budget: int, multi_fidelity: bool, corpus: Path
+) -> SearchConfig:
+    return SearchConfig(
+        method=method,
+        memory_budget=budget,
+        space="bits",
+        bits=(2, 3, 4, 8, 16),
+        trials=10_000,  # the time budget ends each search
+        time_budget=args.minutes * 60,
+        seed=seed,
+        multi_fidelity=multi_fidelity,
+        train=replace(trial_training(args.search_steps, micro_batch=4), cutoff_len=256),
+        train_data=str(corpus / "valid.txt"),
+        eval_data=str(corpus / "valid.txt"),
+        calib_data=str(corpus / "valid.txt"),
+    )
+
+
+def timeline(study_dir: Path, method: str) -> list[dict]:
+    """Every finished trial in completion order: cumulative trial seconds, error, memory."""
+    import optuna
+
+    study = optuna.load_study(study_name=method, storage=f"sqlite:///{study_dir / 'study.db'}")
+    done = sorted((t for t in study.get_trials() if t.datetime_complete), key=lambda t: t.datetime_complete)
+    out, spent = [], 0.0
+    for t in done:
+        spent += (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.user_attrs.get("status") == "evaluated":
+            out.append({"seconds": spent, "error": t.user_attrs["error"], "params": t.params,
+                        "memory": t.user_attrs["memory_predicted"]})  # fmt: skip
+    return out
+
+
+def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: int) -> None:
+    key = f"{label}/seed{seed}"
+    if rows.get(key) is not None:
+        return
+    method, mf = METHODS[label]
+    work = Path(args.work) / f"search-{method}-{'mf' if mf else 'full'}-{seed}"
+    t0 = time.perf_counter()
+    cfg = search_cfg(args, method, seed=seed, budget=budget, multi_fidelity=mf, corpus=ctx["corpus"])
+    found = search_model(ctx["pruned"], cfg, work, resume=True, progress=False)
+    searched = time.perf_counter() - t0
+    row = rb.recover(ctx["pruned"], found.plan, loftq=False, args=args, ctx=ctx, name=f"rec-{work.name}")
+    trials = timeline(work, method)
+    rows.put(key, row | {"search_seconds": searched, "trials": trials, "evaluations": len(trials),
+                         "best_valid_error": min(t["error"] for t in trials)})  # fmt: skip
+    print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}, {len(trials)} plans", flush=True)
+
+
+def run_uniform_seeds(rows: rb.Rows, *, args, ctx: dict, seeds: list[int]) -> None:
+    """QLoRA NF4 recovered with more training seeds: the spread a searched plan must beat."""
+    from qpruner import PlanSource
+
+    for seed in seeds:
+        key = f"{args.ratio}/QLoRA NF4 train seed {seed}"
+        if seed == 42 or rows.get(key) is not None:  # 42: the row real_bench made (TrainConfig's seed)
+            continue
+        row = rb.recover(ctx["pruned"], PlanSource(bits=4), loftq=False, args=args, ctx=ctx,
+                         name=f"nf4-seed{seed}", seed=seed)  # fmt: skip
+        rows.put(key, row)
+        print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}", flush=True)
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else float("nan")
+    return m, se
+
+
+def performance_rho(data: dict, space) -> float | None:
+    """Leave-one-study-out: fit AutoMixQ's performance model on every other study's plans."""
+    import numpy as np
+
+    from qpruner.search.performance import PerformanceModel, rank_correlation
+
+    studies = [r["trials"] for k, r in data["rows"].items() if "/seed" in k and r.get("trials")]
+    if len(studies) < 2:
+        return None
+    pred, meas = [], []
+    for i, held in enumerate(studies):
+        train = [t for j, s in enumerate(studies) if j != i for t in s]
+        X = np.stack([space.features(t["params"]) for t in train])
+        model = PerformanceModel().fit(X, np.array([t["error"] for t in train]))
+        pred += list(model.predict(np.stack([space.features(t["params"]) for t in held])))
+        meas += [t["error"] for t in held]
+    return float(rank_correlation(pred, meas))
+
+
+def summary(data: dict, minutes: float) -> list[str]:
+    rows = data["rows"]
+    trials = [t for k, r in rows.items() if "/seed" in k for t in r.get("trials", [])]
+    if not trials:
+        return ["no searched rows yet"]
+    ref = (max(t["error"] for t in trials) * 1.001, float(data["budget"]) * 1.001)
+    head = ("| method | test ppl (mean ± se) | task avg % | best valid error | plans | "
+            "hypervolume at 25 / 50 / 100 % of time | seeds |")  # fmt: skip
+    out = [head, "|---|---|---|---|---|---|---|"]
+    for label in METHODS:
+        runs = [r for k, r in rows.items() if k.startswith(f"{label}/seed")]
+        if not runs:
+            continue
+        ppl, avg = mean_se([r["ppl"] for r in runs]), mean_se([100 * r["task_avg"] for r in runs])
+        best = mean_se([r["best_valid_error"] for r in runs])
+        hv = [
+            mean_se([hypervolume([(t["error"], t["memory"]) for t in r["trials"]
+                                  if t["seconds"] <= share * minutes * 60], ref) for r in runs])[0]
+            for share in (0.25, 0.5, 1.0)
+        ]  # fmt: skip
+        out.append(
+            f"| {label} | {ppl[0]:.2f} ± {ppl[1]:.2f} | {avg[0]:.1f} ± {avg[1]:.1f} "
+            f"| {best[0]:.2f} ± {best[1]:.2f} "
+            f"| {sum(r['evaluations'] for r in runs) / len(runs):.1f} | "
+            + " / ".join(f"{h / 2**20:.1f}" for h in hv)
+            + f" | {len(runs)} |"
+        )
+    for key in [k for k in rows if k.startswith(f"{data['settings']['ratio']}/")]:  # pruned, uniform
+        r = rows[key]
+        out.append(f"| {key} | {r['ppl']:.2f} | {100 * r['task_avg']:.1f} | | | | |")
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    settings = {k: v for k, v in vars(args).items() if k not in ("table", "out", "work", "methods", "seeds")}
+    rows = rb.Rows(Path(args.out), settings)
+    if args.table:
+        print("\n".join(summary(rows.data, args.minutes)))
+        return
+    model = fetch_model(args.model) if not Path(args.model).exists() else Path(args.model)
+    ctx = {"model": str(model), "corpus": resolve_corpus(fallback=False), "tokenizer": load_tokenizer(model)}
+    uniform = {"pruned", *UNIFORM}
+    rb.run_ratio(args.ratio, rows, args=args, ctx=ctx, wanted=lambda name: name in uniform)
+    ctx["pruned"] = Path(args.work) / f"pruned-{args.ratio}"
+    low, high = (rows.get(f"{args.ratio}/{n}")["memory_predicted"] for n in ("QLoRA NF4", "int8 + LoRA"))
+    budget = rows.data["budget"] = (low + high) // 2
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:  # seed-major: with a cut-off run every method has the same seeds done
+        for label in args.methods.split(","):
+            run_one(label, seed, rows, args=args, ctx=ctx, budget=budget)
+    run_uniform_seeds(rows, args=args, ctx=ctx, seeds=[1, 2][: max(1, len(seeds) - 1)])
+    space = build_space(ctx["pruned"], search_cfg(args, "random", seed=0, budget=budget, multi_fidelity=True,
+                                                  corpus=ctx["corpus"]))  # fmt: skip
+    rows.data["performance_model_rho_held_out"] = performance_rho(rows.data, space)
+    rows.put("_summary", {"table": summary(rows.data, args.minutes)})
+    print("\n".join(rows.data["rows"]["_summary"]["table"]))
+    print(f"performance model Spearman ρ on held-out studies: {rows.data['performance_model_rho_held_out']}")
+
+
+if __name__ == "__main__":
+    main()
