@@ -102,8 +102,6 @@ def search_cfg(
         train=replace(trial_training(args.search_steps, micro_batch=4), cutoff_len=256),
         train_data=str(corpus / "valid.txt"),
         eval_data=str(corpus / "valid.txt"),
-        # 8k held-out tokens score a trial: ~2 min a full trial on 2 cores (20k would be ~2.5)
-        eval_max_tokens=8192,
         calib_data=str(corpus / "valid.txt"),
     )
 

@@ -133,20 +133,29 @@ def test_qpruner_first_trial_is_the_initial_allocation(tmp_path):
     assert res.summary.extra["importance"]["scores"] == FAST["qpruner"]["importance"]
 
 
-def test_infeasible_budget_is_refused_before_any_study(tmp_path):
+@pytest.mark.parametrize(
+    "below, message",
+    [
+        (1, "below the cheapest plan"),
+        # Nothing to search (the NF4 budget on SmolLM2, where 2/3-bit hqq layers cost more to
+        # fine-tune than NF4, let only uniform NF4 through).
+        (0, "fits only the cheapest plan"),
+    ],
+)
+def test_a_budget_with_nothing_to_search_is_refused_before_any_study(tmp_path, below, message):
     space = make_space("bits", LAYERS)
-    low = space.memory(space.cheapest()) - 1
     run = SearchRun(
         space=space,
         evaluator=SyntheticEvaluator(LAYERS),
-        budget=low,
+        budget=space.memory(space.cheapest()) - below,
         storage=f"sqlite:///{tmp_path / 'x.db'}",
         trials=3,
         study_name="x",
     )
-    with pytest.raises(InfeasibleBudget, match="below the cheapest plan"):
+    with pytest.raises(InfeasibleBudget, match=message):
         run_search(run, progress=False)
     assert not (tmp_path / "x.db").exists()
+    space.check_budget(space.memory(space.cheapest()) + space.layer_cost(0, 8, 8) - space.layer_cost(0, 4, 8))
 
 
 def test_model_based_searchers_beat_random_on_a_known_function(tmp_path):
@@ -201,24 +210,6 @@ def test_qpruner_steps_off_a_sampler_that_repeats_tried_plans(tmp_path, monkeypa
     assert all(r.memory_predicted <= budget for r in done)
     assert sum(r.proposed_by == LOCAL_MOVE for r in done) == 5
     assert sum(r.status == "duplicate" for r in recs) <= 5 * STALL_AFTER
-
-
-def test_a_budget_only_the_cheapest_plan_meets_is_refused(tmp_path):
-    """Nothing to search: one line, before any study (the NF4 budget on SmolLM2, where 2/3-bit
-    hqq layers cost more to fine-tune than NF4, let only uniform NF4 through)."""
-    space = make_space("bits", LAYERS)
-    run = SearchRun(
-        space=space,
-        evaluator=SyntheticEvaluator(LAYERS),
-        budget=space.memory(space.cheapest()),
-        storage=f"sqlite:///{tmp_path / 'x.db'}",
-        trials=3,
-        study_name="x",
-    )
-    with pytest.raises(InfeasibleBudget, match="fits only the cheapest plan"):
-        run_search(run, progress=False)
-    assert not (tmp_path / "x.db").exists()
-    space.check_budget(space.memory(space.cheapest()) + space.layer_cost(0, 8, 8) - space.layer_cost(0, 4, 8))
 
 
 def _trial_times(tmp_path) -> list[float]:

@@ -20,7 +20,15 @@ from qpruner.errors import QPrunerError
 from qpruner.search import fidelity
 from qpruner.search import study as st
 from qpruner.search.evaluator import Evaluation
-from qpruner.search.records import Status, TrialRecord, choose_trial, count, evaluated, tried
+from qpruner.search.records import (
+    Status,
+    TrialRecord,
+    choose_trial,
+    count,
+    evaluated,
+    tried,
+    wasted_in_a_row,
+)
 
 if TYPE_CHECKING:
     from qpruner.search.search_run import SearchRun
@@ -132,7 +140,6 @@ def _store(trial, plan, ev: Evaluation, *, mem: int) -> None:
 @dataclass
 class LoopState:
     recovered: list[int] = field(default_factory=list)
-    wasted_in_a_row: int = 0
     stopped_early: bool = False
     out_of_time: bool = False
 
@@ -167,9 +174,9 @@ def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, l
     if searcher.finished(recs):
         log(f"{searcher.name}: converged after {done} evaluated plans")
         return "converged"
-    if state.wasted_in_a_row >= MAX_WASTED_IN_A_ROW:
+    if (wasted := wasted_in_a_row(recs)) >= MAX_WASTED_IN_A_ROW:
         raise QPrunerError(
-            f"{searcher.name}: {state.wasted_in_a_row} plans in a row were over budget or tried already; "
+            f"{searcher.name}: {wasted} plans in a row were over budget or tried already; "
             "raise the budget or widen --search-bits/--ranks"
         )
     # A plan queued by any worker (or a retry) is run first; otherwise this worker proposes one,
@@ -181,11 +188,7 @@ def step(run: SearchRun, study, objective: Callable, *, bar, state: LoopState, l
             if proposal.predicted_error is not None:
                 attrs["predicted_error"] = float(proposal.predicted_error)
             study.enqueue_trial(proposal.choices, user_attrs=attrs, skip_if_exists=False)
-    n_before = max((r.number for r in recs), default=-1)
     study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number > n_before]
-    wasted = any(t.user_attrs.get("status") in (Status.REJECTED, Status.DUPLICATE) for t in mine)
-    state.wasted_in_a_row = state.wasted_in_a_row + 1 if wasted else 0
     return None
 
 

@@ -113,7 +113,8 @@ def count(records: list[TrialRecord], status: Status = Status.EVALUATED) -> int:
 
 
 def wasted_in_a_row(records: list[TrialRecord]) -> int:
-    """How many of the latest trials in a row tried nothing new: duplicates and refusals."""
+    """How many of the latest trials in a row tried nothing new: duplicates and refusals.
+    The one count of a stalled search: searchers step in at a few, the loop gives up at 500."""
     n = 0
     for r in sorted(records, key=lambda r: -r.number):
         if r.status not in (Status.DUPLICATE, Status.REJECTED):

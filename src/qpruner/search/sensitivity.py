@@ -79,9 +79,9 @@ def measure_sensitivity(
     """Δ loss of each layer alone at each of ``bits``; ``model`` is left exactly as it was."""
     from qpruner.quant.registry import quantize_linear
 
-    formats = [format_for_bits(b, "fp32") for b in bits]
     if any(b >= 16 for b in bits):
         raise QPrunerError(f"sensitivity widths must be packed (2, 3, 4 or 8 bits), got {list(bits)}")
+    formats = [format_for_bits(b, "fp32") for b in bits]
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
