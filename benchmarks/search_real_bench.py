@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--layer-start", type=int, default=3)
     ap.add_argument("--layer-end", type=int, default=-2)
     ap.add_argument("--minutes", type=float, default=8.0, help="trial time per search")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=None, help="search seeds (default 0,1,2; --quick: 0,1)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=40, help="recovery steps (8 x 256 tokens), as real_bench")
     ap.add_argument("--search-steps", type=int, default=10, help="steps of a full trial")
@@ -78,11 +78,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.minutes, args.seeds, args.limit, args.steps = 3.0, "0,1", 50, 20
+        args.minutes, args.limit, args.steps = 3.0, 50, 20
+        args.seeds = args.seeds or "0,1"
         args.tasks = "qp_piqa,qp_arc_easy,qp_winogrande,qp_copa"
         args.ppl_tokens = 20_000
         args.work += "_quick"
         args.out = args.out.replace(".json", "_quick.json")
+    args.seeds = args.seeds or "0,1,2"
     args.ratios, args.rows = str(args.ratio), ""  # what real_bench.run_ratio reads
     return args
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import qpruner.lora.train as train_mod
 from qpruner import Plan, TrainConfig, finetune, load_model, load_pruned
 from qpruner.cli import main
+from qpruner.data_sources import open_dataset
 from qpruner.errors import CheckpointError, QPrunerError
 from qpruner.lora.data import IGNORE, BatchSchedule, load_examples
 from qpruner.prune import PruneConfig, prune_model
@@ -257,6 +258,46 @@ def test_dataset_sources(tmp_path):
     datasets.Dataset.from_list([{"q": "x"}]).save_to_disk(str(tmp_path / "odd"))
     with pytest.raises(QPrunerError, match="neither Alpaca columns nor 'text'"):
         load_examples(tmp_path / "odd", tok)
+
+
+@pytest.mark.parametrize(
+    ("source", "call"),
+    [
+        ("hf:yahma/alpaca-cleaned@train", ("yahma/alpaca-cleaned", None, "train")),
+        (
+            "hf:Salesforce/wikitext:wikitext-2-raw-v1@test",
+            ("Salesforce/wikitext", "wikitext-2-raw-v1", "test"),
+        ),
+        ("hf:wikitext:wikitext-2-raw-v1", ("wikitext", "wikitext-2-raw-v1", "train")),
+    ],
+)
+def test_hub_datasets_are_named_with_their_org(source, call, monkeypatch):
+    """LLM-Pruner's recovery set is yahma/alpaca-cleaned: an org/name id must reach the hub whole
+    (it was once split into name 'yahma' and config 'alpaca-cleaned')."""
+    import datasets
+
+    seen = []
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, config, split: seen.append((name, config, split))
+    )
+    open_dataset(source, "train")
+    assert seen == [call]
+
+
+def test_bad_hub_names_fail_before_any_work(tmp_path, monkeypatch):
+    import datasets
+
+    from qpruner.preflight import check_input
+
+    with pytest.raises(QPrunerError, match="--train-data 'hf:a/b/c': a hub dataset is named"):
+        check_input("hf:a/b/c", flag="--train-data")
+
+    def offline(*a, **k):
+        raise ConnectionError("no hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(QPrunerError, match="no hub \\(a config goes after ':'"):
+        open_dataset("hf:wikitext/wikitext-2-raw-v1", "test")
 
 
 @pytest.mark.parametrize("fmt", ["nf4", "int8", "hqq3", "bf16"])

@@ -2,7 +2,8 @@
 
 Perplexity text, calibration text and recovery data all accept the same three forms, so a
 user who has ``yahma/alpaca-cleaned`` (LLM-Pruner's recovery set) or WikiText on the hub
-names it as ``hf:NAME[/CONFIG][@SPLIT]``, and an offline machine uses a saved copy.
+names it as ``hf:ID[:CONFIG][@SPLIT]`` (``hf:yahma/alpaca-cleaned@train``,
+``hf:Salesforce/wikitext:wikitext-2-raw-v1@test``), and an offline machine uses a saved copy.
 """
 
 from __future__ import annotations
@@ -40,19 +41,35 @@ def is_dataset_source(source: str | Path) -> bool:
     return src.startswith("hf:") or Path(src).is_dir()
 
 
+def parse_hub_source(source: str) -> tuple[str, str | None, str | None]:
+    """``hf:ID[:CONFIG][@SPLIT]`` -> (dataset id, config, split). The id keeps its slash
+    (``org/name``: every hub dataset is named so now), so the config needs its own separator."""
+    if not source.startswith("hf:") or len(source) == 3:
+        raise QPrunerError(f"{source!r}: a hub dataset is named hf:ID[:CONFIG][@SPLIT]")
+    spec, _, split = source[3:].partition("@")
+    name, _, config = spec.partition(":")
+    if not name or name.count("/") > 1:
+        raise QPrunerError(f"{source!r}: a hub dataset is named hf:ID[:CONFIG][@SPLIT], ID as org/name")
+    return name, config or None, split or None
+
+
 def open_dataset(source: str | Path, default_split: str):
-    """A ``datasets.Dataset`` from ``hf:NAME[/CONFIG][@SPLIT]`` or a saved dataset directory."""
+    """A ``datasets.Dataset`` from ``hf:ID[:CONFIG][@SPLIT]`` or a saved dataset directory."""
     import datasets  # deferred: a heavy import, only needed here
 
     src = str(source)
     if src.startswith("hf:"):
-        spec, _, split = src[3:].partition("@")
-        name, _, config = spec.partition("/")
+        name, config, split = parse_hub_source(src)
         try:
-            return datasets.load_dataset(name, config or None, split=split or default_split)
+            return datasets.load_dataset(name, config, split=split or default_split)
         except Exception as exc:  # hub, network and format errors all mean "cannot read this dataset"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise QPrunerError(f"cannot load dataset {src!r}: {first}") from exc
+            hint = (
+                " (a config goes after ':', as in hf:Salesforce/wikitext:wikitext-2-raw-v1)"
+                if "/" in name and config is None
+                else ""
+            )
+            raise QPrunerError(f"cannot load dataset {src!r}: {first}{hint}") from exc
     try:
         ds = datasets.load_from_disk(src)
     except Exception as exc:
@@ -63,7 +80,7 @@ def open_dataset(source: str | Path, default_split: str):
 
 
 def load_text(source: str | Path, text_field: str = "text") -> str:
-    """Text from a file, a ``datasets.save_to_disk`` directory, or ``hf:NAME[/CONFIG][@SPLIT]``.
+    """Text from a file, a ``datasets.save_to_disk`` directory, or ``hf:ID[:CONFIG][@SPLIT]``.
 
     Dataset rows are joined with blank lines, as LLM-Pruner does for WikiText/PTB.
     """
@@ -77,7 +94,7 @@ def load_text(source: str | Path, text_field: str = "text") -> str:
         except UnicodeDecodeError as exc:
             raise QPrunerError(f"{path} is not UTF-8 text: {exc}") from exc
     raise QPrunerError(
-        f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:NAME/CONFIG@SPLIT)"
+        f"evaluation text not found: {src} (a file, a saved dataset directory, or hf:ID[:CONFIG][@SPLIT])"
     )
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from qpruner.data_sources import parse_hub_source
 from qpruner.errors import CheckpointError, QPrunerError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -76,7 +77,12 @@ def _local(source: str, *, model: bool = False) -> Path | None:
 
 
 def check_input(source: str, *, flag: str, model: bool = False) -> None:
-    """A local input exists and can be read."""
+    """A local input exists and can be read; a hub dataset name parses."""
+    if source.startswith("hf:"):
+        try:
+            parse_hub_source(source)
+        except QPrunerError as exc:
+            raise QPrunerError(f"{flag} {exc}") from None
     path = _local(source, model=model)
     if path is None:
         return

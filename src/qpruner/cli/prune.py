@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="structured pruning (LLM-Pruner style) of a LLaMA-layout model")
     p.add_argument("--model", required=True, help="model dir, hub id, catalog name (smollm2-135m) or .gguf")
     p.add_argument("--out", required=True, help="output directory (safetensors + config + tokenizer)")
-    p.add_argument("--calib-data", help="calibration text: file, saved dataset dir or hf:NAME/CONFIG@SPLIT")
+    p.add_argument("--calib-data", help="calibration text: file, saved dataset dir or hf:ID[:CONFIG][@SPLIT]")
     add_config_flags(p, PRUNE_CONFIG, exclude=("micro_batch",))
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     add_runtime_flags(p)

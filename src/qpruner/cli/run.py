@@ -56,7 +56,9 @@ def add_parser(sub) -> None:
     )
     r.add_argument("--calib-data", help="calibration text (default: the corpus' training text)")
     r.add_argument(
-        "--train-data", help="recovery data, Alpaca JSON or text (default: the corpus' training text)"
+        "--train-data",
+        help="recovery data: Alpaca JSON, text, a saved dataset or hf:ID[:CONFIG][@SPLIT] (LLM-Pruner's: "
+        "hf:yahma/alpaca-cleaned@train; default: the corpus' training text)",
     )
     r.add_argument("--eval-data", help="perplexity text (default: the corpus' test text)")
     add_config_flags(

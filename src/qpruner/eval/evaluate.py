@@ -30,7 +30,7 @@ class EvalConfig:
     ppl_sources: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "perplexity text: a file, a saved dataset dir or hf:NAME/CONFIG@SPLIT (repeatable)",
+            "help": "perplexity text: a file, a saved dataset dir or hf:ID[:CONFIG][@SPLIT] (repeatable)",
             "flag": "--ppl",
             "repeat": True,
         },

@@ -103,7 +103,7 @@ def load_examples(
     source: str | Path, tokenizer, cutoff_len: int = 256, train_on_inputs: bool = True
 ) -> list[Example]:
     """Examples from an Alpaca ``.json``/``.jsonl`` file, any other (plain text) file, or a dataset
-    (``hf:NAME[/CONFIG][@SPLIT]`` or a saved directory) with Alpaca or ``text`` columns."""
+    (``hf:ID[:CONFIG][@SPLIT]`` or a saved directory) with Alpaca or ``text`` columns."""
     path = Path(source).expanduser()
     if cutoff_len < 2:
         raise QPrunerError(f"cutoff length must be >= 2, got {cutoff_len}")
