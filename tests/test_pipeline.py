@@ -102,13 +102,15 @@ def test_cli_run_on_a_given_model(model_dir, text_file, tmp_path, capsys):
 
 
 def test_a_default_run_scores_the_zero_shot_subset_where_its_files_are(tmp_path, monkeypatch):
-    from qpruner.pipeline import DEFAULT_LIMIT, DEFAULT_TASKS, TASK_FILES, default_eval
+    from qpruner.pipeline import DEFAULT_LIMIT, DEFAULT_TASKS, default_eval
 
     monkeypatch.setenv("QPRUNER_DATA", str(tmp_path))
     assert default_eval(RunConfig()).tasks == []  # no task files: perplexity only
     (tmp_path / "zeroshot").mkdir()
-    for name in TASK_FILES:
+    for name in ["arc_easy.jsonl", "piqa.jsonl", "winogrande.jsonl"]:  # the files the YAMLs name
         (tmp_path / "zeroshot" / name).write_text("{}\n")
+    assert default_eval(RunConfig()).tasks == []  # one missing: not run
+    (tmp_path / "zeroshot" / "copa.jsonl").write_text("{}\n")
     chosen = default_eval(RunConfig())
     assert (chosen.tasks, chosen.limit) == (DEFAULT_TASKS, DEFAULT_LIMIT)
     assert chosen.task_data == str(tmp_path / "zeroshot")

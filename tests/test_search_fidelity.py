@@ -20,12 +20,14 @@ LAYERS = 4
 STEPS = (0, 5, 10, 20)
 
 
-def _run(url, trials, *, fidelities=STEPS, resume=False, evaluator=None, method="random", name="s"):
+def _run(url, trials, *, fidelities=STEPS, resume=False, evaluator=None, method="random", name="s",
+         pruner="halving"):  # fmt: skip
     space = make_space("joint", LAYERS)
     ev = evaluator or SyntheticEvaluator(LAYERS)
     opts = {"n_initial": 3, "population": 8, "generations": 2} if method == "automixq" else {}
     run = SearchRun(space=space, evaluator=ev, budget=budget_between(space, 0.6), storage=url, method=method,
-                    trials=trials, study_name=name, options=opts, fidelities=fidelities)  # fmt: skip
+                    trials=trials, study_name=name, options=opts, fidelities=fidelities,
+                    pruner_kind=pruner)  # fmt: skip
     return run_search(run, resume=resume, progress=False, log=lambda *_: None), ev
 
 
@@ -41,8 +43,9 @@ def test_fidelity_steps_double_up_to_the_trial():
         fidelity_steps(0)
 
 
-def test_the_pruner_stops_weak_plans_early(tmp_path):
-    res, ev = _run(f"sqlite:///{tmp_path / 'a.db'}", 12)
+@pytest.mark.parametrize("pruner", ["halving", "hyperband"])
+def test_the_pruner_stops_weak_plans_early(pruner, tmp_path):
+    res, ev = _run(f"sqlite:///{tmp_path / 'a.db'}", 12, pruner=pruner)
     recs = res.summary.records
     stopped = [r for r in recs if r.status == Status.PRUNED]
     done = [r for r in recs if r.status == Status.EVALUATED]
@@ -51,8 +54,9 @@ def test_the_pruner_stops_weak_plans_early(tmp_path):
     assert sorted(ev.points) == sorted(len(r.curve) for r in stopped + done)
     assert all(len(r.curve) < len(STEPS) and r.error is None for r in stopped)
     assert all(len(r.curve) == len(STEPS) and r.curve[-1][1] == r.error for r in done)
-    # successive halving: a plan stopped at a rung was worse there than a plan that went on
-    for r in stopped:
+    # successive halving (in Hyperband, within a bracket): a plan stopped at a rung was worse
+    # there than a plan that went on
+    for r in stopped if pruner == "halving" else []:
         rung = len(r.curve) - 1
         went_on = [o.curve[rung][1] for o in recs if len(o.curve) > rung + 1 and o.number < r.number]
         assert not went_on or r.curve[rung][1] > min(went_on)
@@ -84,6 +88,10 @@ def test_one_flag_turns_it_off():
     assert on.multi_fidelity and fidelities(on) == (0, 2, 4, 8)
     off = search_config(build_parser().parse_args([*argv, "--no-multi-fidelity"]))
     assert not off.multi_fidelity and fidelities(off) is None and SearchConfig().multi_fidelity
+    assert (
+        on.pruner == "halving"
+        and search_config(build_parser().parse_args([*argv, "--pruner", "hyperband"])).pruner == "hyperband"
+    )
 
 
 def test_multi_fidelity_off_scores_each_trial_once(tmp_path):
@@ -110,6 +118,8 @@ def test_curves_are_stored_and_read_back_by_a_resumed_study(tmp_path):
     assert any(r.status == Status.PRUNED for r in recs[8:])
     with pytest.raises(QPrunerError, match="fidelity"):  # the same study, scored once per trial: refused
         _run(url, 16, resume=True, fidelities=None)
+    with pytest.raises(QPrunerError, match="fidelity"):  # or stopped by another pruner: refused
+        _run(url, 16, resume=True, pruner="hyperband")
 
 
 def test_a_second_worker_learns_from_the_first_workers_curves(tmp_path):

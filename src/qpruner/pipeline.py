@@ -44,7 +44,6 @@ REFERENCE = "reference"  # --model reference: the project's own small model
 # seeded sample of each, so the whole run fits 30 minutes on 2 CPU cores (README).
 DEFAULT_TASKS = ["qp_arc_easy", "qp_piqa", "qp_winogrande", "qp_copa"]
 DEFAULT_LIMIT = 200
-TASK_FILES = ["arc_easy.jsonl", "piqa.jsonl", "winogrande.jsonl", "copa.jsonl"]
 
 
 @dataclass
@@ -126,7 +125,9 @@ def default_eval(cfg: RunConfig) -> EvalConfig:
     were asked for."""
     if cfg.eval.tasks:
         return cfg.eval
-    found = cfg.eval.task_data or find_shared_data("zeroshot", files=TASK_FILES)
+    from qpruner.eval.task_index import task_data_files  # deferred: reads lm-eval's YAML loader
+
+    found = cfg.eval.task_data or find_shared_data("zeroshot", files=task_data_files(DEFAULT_TASKS))
     if found is None:
         return cfg.eval
     return replace(

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from qpruner.cli.common import add_runtime_flags
+from qpruner.search.fidelity import PRUNERS
 from qpruner.search.recipe import TRIAL_STEPS
 
 
@@ -46,6 +47,12 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
         action="store_true",
         help="score each trial once, at its end (default: before training and after 1/4, 1/2 and all "
         "its steps, optuna's successive halving stopping weak plans early)",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default="halving",
+        help="what stops weak multi-fidelity trials: optuna's successive halving or Hyperband",
     )
     p.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.db); postgresql://...")
     p.add_argument("--study-name", help="study name (default: the method)")
@@ -98,6 +105,7 @@ def search_config(args: argparse.Namespace, **fixed):
         importance=args.layer_importance,
         layer_profile=not args.no_layer_profile,
         multi_fidelity=not args.no_multi_fidelity,
+        pruner=args.pruner,
         time_budget=args.time_budget,
         **fixed,
     )

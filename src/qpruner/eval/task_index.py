@@ -35,6 +35,24 @@ def task_data_dir(task_data: str | Path | None) -> Path | None:
     return path.resolve()
 
 
+def task_data_files(names: list[str]) -> list[str]:
+    """The files the shipped tasks ``names`` read from the task data folder (``piqa.jsonl``, ...),
+    from their own YAMLs: what a folder must hold for them to run."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    wanted, files = set(names), []
+    for path in sorted(BUILTIN_TASK_DIR.rglob("*.yaml")):
+        cfg = load_yaml(path, resolve_func=False)
+        if cfg.get("task") not in wanted:
+            continue
+        found = _resolve_files(cfg.get("dataset_kwargs", {}).get("data_files"), path.parent, None)
+        for value in found.values() if isinstance(found, dict) else [found]:
+            for f in [value] if isinstance(value, str) else value or []:
+                if f.startswith(TASK_DATA_MARK):
+                    files.append(f[len(TASK_DATA_MARK) :].lstrip("/"))
+    return files
+
+
 def local_dirs(task_dir: str | Path | None) -> list[Path]:
     """The shipped task folder, then the user's (its tasks win on a name clash)."""
     if task_dir is None:

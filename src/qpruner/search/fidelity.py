@@ -43,15 +43,31 @@ def resource(rung: int) -> int:
     return 2**rung
 
 
-def make_pruner(fidelities: tuple[int, ...] | None, reduction_factor: int = 2):
-    """optuna's successive halving over the rungs (its own bookkeeping, in the storage), or none."""
+#: ``--pruner`` choices: optuna's pruner that stops a multi-fidelity trial early.
+PRUNERS = ("halving", "hyperband")
+
+
+def make_pruner(fidelities: tuple[int, ...] | None, kind: str = "halving", reduction_factor: int = 2):
+    """optuna's pruner over the rungs (its own bookkeeping, in the storage), or none.
+
+    ``halving``: successive halving, every trial in one bracket (a plan goes on while it is in the
+    better 1/``reduction_factor`` at each rung). ``hyperband``: optuna's Hyperband, which spreads
+    trials over brackets that stop early less or more aggressively (the hedge for curves whose early
+    ranks mislead); ``benchmarks/pruner_bench.py`` measures the two on the real model's curves.
+    """
     import optuna
 
     if not fidelities:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=1, reduction_factor=reduction_factor, min_early_stopping_rate=0
-    )
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=reduction_factor, min_early_stopping_rate=0
+        )
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=resource(len(fidelities) - 1), reduction_factor=reduction_factor
+        )
+    raise QPrunerError(f"unknown pruner {kind!r}: choose from {', '.join(PRUNERS)}")
 
 
 def evaluate(evaluator, trial, plan: Plan, *, fidelities: tuple[int, ...] | None) -> Evaluation:

@@ -19,7 +19,7 @@ from qpruner.lora.train import TrainConfig
 from qpruner.search import study as st
 from qpruner.search.budget import parse_budget, resolve_budget
 from qpruner.search.evaluator import Evaluator
-from qpruner.search.fidelity import fidelity_steps
+from qpruner.search.fidelity import PRUNERS, fidelity_steps
 from qpruner.search.recipe import trial_training
 from qpruner.search.run import SearchResult, run_search
 from qpruner.search.search_run import SearchRun
@@ -68,6 +68,7 @@ class SearchConfig:
     time_budget: float | str | None = None  # "90m", "2h", seconds of trial time; None: --trials only
     fidelity_rungs: int = 3  # trained rungs after the 0-step screen: 20 steps -> 0, 5, 10, 20
     screen_tokens: int | None = 4096  # held-out tokens scoring the early rungs
+    pruner: str = "halving"  # optuna's successive halving, or "hyperband"
     options: dict = field(default_factory=dict)  # searcher keyword arguments (n_initial, tolerance, ...)
 
 
@@ -160,6 +161,7 @@ def search_model(
         space=space,
         evaluator=evaluator,
         fidelities=fidelities(cfg),
+        pruner_kind=cfg.pruner,
         budget=budget,
         storage=cfg.storage or st.default_storage(out),
         method=cfg.method,
@@ -192,6 +194,8 @@ def _check_settings(cfg: SearchConfig) -> None:
     st.check_heartbeat(cfg.heartbeat, cfg.grace)
     parse_budget(cfg.memory_budget)
     fidelities(cfg)
+    if cfg.pruner not in PRUNERS:
+        raise QPrunerError(f"unknown pruner {cfg.pruner!r}: choose from {', '.join(PRUNERS)}")
     if cfg.time_budget is not None:
         parse_duration(cfg.time_budget)
 

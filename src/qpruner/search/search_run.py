@@ -46,6 +46,7 @@ class SearchRun:
     db_backoff: float = 2.0
     fidelities: tuple[int, ...] | None = None  # e.g. (0, 5, 10, 20): multi-fidelity trials
     reduction_factor: int = 2  # successive halving: the share of plans a rung keeps is 1/this
+    pruner_kind: str = "halving"  # or "hyperband" (qpruner.search.fidelity.make_pruner)
     # Seconds of trial time (summed over the study's trials and workers) after which no new
     # trial starts; None: only ``trials`` limits. Not part of the identity: a resumed search
     # may be given more time.
@@ -68,7 +69,7 @@ class SearchRun:
 
     def pruner(self):
         """optuna's pruner for this run's trials (none when each trial is scored once)."""
-        return make_pruner(self.fidelities, self.reduction_factor)
+        return make_pruner(self.fidelities, self.pruner_kind, self.reduction_factor)
 
     def identity(self) -> dict:
         """What a study stores of its run; a worker whose run differs is refused."""
@@ -87,4 +88,6 @@ class SearchRun:
                 "reduction_factor": self.reduction_factor,
                 "screen_tokens": getattr(self.evaluator, "screen_tokens", None),
             }
+            if self.pruner_kind != "halving":  # absent for the default: older studies still resume
+                out["fidelity"]["pruner"] = self.pruner_kind
         return out
