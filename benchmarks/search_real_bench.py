@@ -195,15 +195,18 @@ def summary(data: dict, minutes: float) -> list[str]:
         ppl, avg = mean_se([r["ppl"] for r in runs]), mean_se([100 * r["task_avg"] for r in runs])
         best = mean_se([r["best_valid_error"] for r in runs])
         hv = [
-            mean_se([hypervolume([(t["error"], t["memory"]) for t in r["trials"]
-                                  if t["seconds"] <= share * minutes * 60], ref) for r in runs])[0]
+            mean_hv(
+                [r["trials"] for r in runs],
+                ref,
+                lambda ts, c=share * minutes * 60: [t for t in ts if t["seconds"] <= c],
+            )
             for share in (0.25, 0.5, 1.0)
-        ]  # fmt: skip
+        ]
         out.append(
             f"| {label} | {ppl[0]:.2f} ± {ppl[1]:.2f} | {avg[0]:.1f} ± {avg[1]:.1f} "
             f"| {best[0]:.2f} ± {best[1]:.2f} "
             f"| {sum(r['evaluations'] for r in runs) / len(runs):.1f} | "
-            + " / ".join(f"{h / 2**20:.1f}" for h in hv)
+            + " / ".join(f"{h:.1f}" for h in hv)
             + f" | {len(runs)} |"
         )
     for key in [k for k in rows if k.startswith(f"{data['settings']['ratio']}/")]:  # pruned, uniform
@@ -212,12 +215,48 @@ def summary(data: dict, minutes: float) -> list[str]:
     return out
 
 
+def mean_hv(runs: list[list[dict]], ref: tuple[float, float], cut) -> float:
+    """Mean over seeds of the hypervolume (MiB units) of ``cut(trials)`` of each run."""
+    hv = [hypervolume([(t["error"], t["memory"]) for t in cut(ts)], ref) for ts in runs]
+    return sum(hv) / len(hv) / 2**20
+
+
+def figure(data: dict, minutes: float, path: Path) -> None:
+    """Hypervolume (mean over seeds) against trial time and against evaluations, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    trials = [t for k, r in rows.items() if "/seed" in k for t in r.get("trials", [])]
+    ref = (max(t["error"] for t in trials) * 1.001, float(data["budget"]) * 1.001)
+    fig, (by_time, by_count) = plt.subplots(1, 2, figsize=(10, 4))
+    grid = [minutes * 60 * i / 40 for i in range(41)]
+    for label in METHODS:
+        runs = [r["trials"] for k, r in rows.items() if k.startswith(f"{label}/seed")]
+        if not runs:
+            continue
+        within = [mean_hv(runs, ref, lambda ts, g=g: [t for t in ts if t["seconds"] <= g]) for g in grid]
+        by_time.plot([g / 60 for g in grid], within, label=label)
+        counts = range(1, max(len(ts) for ts in runs) + 1)
+        by_count.plot(counts, [mean_hv(runs, ref, lambda ts, n=n: ts[:n]) for n in counts], marker=".")
+    by_time.set(xlabel="trial time (min)", ylabel="hypervolume (ppl x MiB), mean over seeds")
+    by_count.set(xlabel="plans evaluated to the end", ylabel="hypervolume (ppl x MiB)")
+    by_time.legend(fontsize=8)
+    fig.suptitle("search_real_bench: SmolLM2-135M pruned 30 %, budget halfway NF4 -> int8")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     args = parse_args()
     settings = {k: v for k, v in vars(args).items() if k not in ("table", "out", "work", "methods", "seeds")}
     rows = rb.Rows(Path(args.out), settings)
     if args.table:
         print("\n".join(summary(rows.data, args.minutes)))
+        figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
         return
     model = fetch_model(args.model) if not Path(args.model).exists() else Path(args.model)
     ctx = {"model": str(model), "corpus": resolve_corpus(fallback=False), "tokenizer": load_tokenizer(model)}
@@ -235,6 +274,7 @@ def main() -> None:
                                                   corpus=ctx["corpus"]))  # fmt: skip
     rows.data["performance_model_rho_held_out"] = performance_rho(rows.data, space)
     rows.put("_summary", {"table": summary(rows.data, args.minutes)})
+    figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
     print("\n".join(rows.data["rows"]["_summary"]["table"]))
     print(f"performance model Spearman ρ on held-out studies: {rows.data['performance_model_rho_held_out']}")
 
