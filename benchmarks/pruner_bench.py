@@ -6,7 +6,7 @@ at the rungs, so here they are replayed over recorded curves instead:
 
 1. *Curves* (resumable, the slow part): ``--plans`` random plans that fit search_real_bench's
    budget (halfway between uniform NF4 and int8) on SmolLM2-135M pruned at 30 %, each trained
-   for a full trial (search_real_bench's recipe) and scored at every rung (0, 2, 5, 10 steps),
+   for a full trial (search_real_bench --quick's recipe), scored at every rung (0, 1, 2, 4 steps),
    with the seconds taken to reach each rung. The pruned checkpoint is search_real_bench's
    (run it first, or its ``--quick``).
 2. *Replays* (seconds): random search over that pool, in ``--replays`` seeded orders, each on a
@@ -20,7 +20,7 @@ mean ± se over replays, its regret against the pool's best plan, plans tried, a
 replays that found one of the pool's best ``--top`` plans. The replays share one pool, so the
 se is over orders, not over landscapes; the sampler is random search for every pruner.
 
-    python benchmarks/pruner_bench.py                  # 20 plans (~25 min on 2 quiet cores)
+    python benchmarks/pruner_bench.py                  # 20 plans, about a minute each on 2 cores
     python benchmarks/pruner_bench.py --table          # replay and print again from the JSON
 """
 
@@ -43,6 +43,7 @@ from qpruner.search.from_model import build_space
 
 ROOT = Path(__file__).resolve().parent
 PRUNERS = ("none (full trials)", "halving", "hyperband")
+TRIAL = ("search_steps", "trial_eval_tokens", "screen_tokens")  # a trial's recipe, as search_real_bench's
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,7 +52,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--bench", default=str(ROOT / "results" / "search_real_bench_quick.json"),
                     help="search_real_bench's JSON: the NF4 and int8 rows set the budget")  # fmt: skip
     ap.add_argument("--plans", type=int, default=20)
-    ap.add_argument("--search-steps", type=int, default=10, help="steps of a full trial")
+    ap.add_argument(
+        "--search-steps", type=int, default=4, help="steps of a full trial (search_real_bench --quick)"
+    )
+    ap.add_argument("--trial-eval-tokens", type=int, default=8000)
+    ap.add_argument("--screen-tokens", type=int, default=2048)
     ap.add_argument("--replays", type=int, default=400)
     ap.add_argument("--budgets", default="2,4", help="replay budgets in mean full-trial costs")
     ap.add_argument("--top", type=int, default=3)
@@ -68,7 +73,7 @@ def collect(args, rows: rb.Rows) -> None:
     low, high = (bench[f"0.3/{n}"]["memory_predicted"] for n in ("QLoRA NF4", "int8 + LoRA"))
     budget = (low + high) // 2
     corpus = resolve_corpus(fallback=False)
-    recipe = SimpleNamespace(minutes=0, search_steps=args.search_steps)  # search_real_bench's trial recipe
+    recipe = SimpleNamespace(minutes=0, **{k: getattr(args, k) for k in TRIAL})  # search_real_bench's trials
     cfg = search_cfg(recipe, "random", seed=0, budget=budget, multi_fidelity=True, corpus=corpus)
     space = build_space(args.pruned, cfg)
     steps = fidelity_steps(args.search_steps, cfg.fidelity_rungs)
@@ -183,7 +188,8 @@ def table(args, rows: rb.Rows) -> list[str]:
 
 def main() -> None:
     args = parse_args()
-    settings = {k: v for k, v in vars(args).items() if k in ("plans", "search_steps", "pruned")}
+    keep = ("plans", "pruned", *TRIAL)
+    settings = {k: v for k, v in vars(args).items() if k in keep}
     rows = rb.Rows(Path(args.out), settings)
     if not args.table:
         collect(args, rows)

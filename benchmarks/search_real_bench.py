@@ -44,6 +44,9 @@ from qpruner.search.pareto import hypervolume
 from qpruner.search.recipe import trial_training
 
 ROOT = Path(__file__).resolve().parent
+#: What a search is run with: a searched row is kept only while these are unchanged (the uniform
+#: rows do not depend on them, so changing them keeps those).
+SEARCH_SETTINGS = ("minutes", "search_steps", "trial_eval_tokens", "screen_tokens")
 #: label -> (method, multi-fidelity)
 METHODS = {
     "QPruner": ("qpruner", True),
@@ -58,7 +61,9 @@ UNIFORM = ("QLoRA NF4", "LoftQ NF4", "int8 + LoRA")
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--quick", action="store_true", help="2 seeds, 3 min per search, 20 recovery steps, 4 tasks"
+        "--quick",
+        action="store_true",
+        help="2 seeds, 5 min per search of 4-step trials, no full-trial random, 20 recovery steps, 4 tasks",
     )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--ratio", type=float, default=0.3)
@@ -66,9 +71,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--layer-end", type=int, default=-2)
     ap.add_argument("--minutes", type=float, default=8.0, help="trial time per search")
     ap.add_argument("--seeds", default=None, help="search seeds (default 0,1,2; --quick: 0,1)")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=None, help=f"default: all of {', '.join(METHODS)}")
     ap.add_argument("--steps", type=int, default=40, help="recovery steps (8 x 256 tokens), as real_bench")
     ap.add_argument("--search-steps", type=int, default=10, help="steps of a full trial")
+    ap.add_argument("--trial-eval-tokens", type=int, default=20_000, help="valid tokens scoring a full trial")
+    ap.add_argument(
+        "--screen-tokens", type=int, default=4096, help="valid tokens scoring a trial's early rungs"
+    )
     ap.add_argument("--ppl-tokens", type=int, default=40_000)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--tasks", default=",".join(rb.TASKS))
@@ -78,13 +87,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.minutes, args.limit, args.steps = 3.0, 50, 20
+        # Measured: a 10-step trial took 163-181 s on the 2 cores (load, quantize, 3 screens, 10
+        # steps of 4 x 256 tokens at ~11 s each, 20k scored tokens), so 3 minutes bought one plan
+        # per search. 4 steps and 8k scored tokens make a full trial about a minute.
+        args.minutes, args.search_steps, args.trial_eval_tokens, args.screen_tokens = 5.0, 4, 8000, 2048
+        args.limit, args.steps = 50, 20
         args.seeds = args.seeds or "0,1"
+        args.methods = args.methods or "QPruner,AutoMixQ,NSGA-II (AutoMixQ's code),random"
         args.tasks = "qp_piqa,qp_arc_easy,qp_winogrande,qp_copa"
         args.ppl_tokens = 20_000
         args.work += "_quick"
         args.out = args.out.replace(".json", "_quick.json")
     args.seeds = args.seeds or "0,1,2"
+    args.methods = args.methods or ",".join(METHODS)
     args.ratios, args.rows = str(args.ratio), ""  # what real_bench.run_ratio reads
     return args
 
@@ -99,6 +114,8 @@ def search_cfg(
         bits=(2, 3, 4, 8, 16),
         trials=10_000,  # the time budget ends each search
         time_budget=args.minutes * 60,
+        eval_max_tokens=args.trial_eval_tokens,
+        screen_tokens=args.screen_tokens,
         seed=seed,
         multi_fidelity=multi_fidelity,
         train=replace(trial_training(args.search_steps, micro_batch=4), cutoff_len=256),
@@ -123,20 +140,31 @@ def timeline(study_dir: Path, method: str) -> list[dict]:
     return out
 
 
+def search_settings(args) -> dict:
+    return {k: getattr(args, k) for k in SEARCH_SETTINGS}
+
+
+def searched(data: dict) -> dict[str, dict]:
+    """The searched rows made with the file's current search settings."""
+    return {k: r for k, r in data["rows"].items() if "/seed" in k and r.get("search") == data.get("search")}
+
+
 def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: int) -> None:
     key = f"{label}/seed{seed}"
-    if rows.get(key) is not None:
+    if key in searched(rows.data):
         return
     method, mf = METHODS[label]
-    work = Path(args.work) / f"search-{method}-{'mf' if mf else 'full'}-{seed}"
+    tag = f"{args.search_steps}steps-{args.minutes:g}min-{args.trial_eval_tokens}tok"
+    work = Path(args.work) / f"search-{method}-{'mf' if mf else 'full'}-{seed}-{tag}"
     t0 = time.perf_counter()
     cfg = search_cfg(args, method, seed=seed, budget=budget, multi_fidelity=mf, corpus=ctx["corpus"])
     found = search_model(ctx["pruned"], cfg, work, resume=True, progress=False)
-    searched = time.perf_counter() - t0
+    searched_s = time.perf_counter() - t0
     row = rb.recover(ctx["pruned"], found.plan, loftq=False, args=args, ctx=ctx, name=f"rec-{work.name}")
     trials = timeline(work, method)
-    rows.put(key, row | {"search_seconds": searched, "trials": trials, "evaluations": len(trials),
-                         "best_valid_error": min(t["error"] for t in trials)})  # fmt: skip
+    rows.put(key, row | {"search_seconds": searched_s, "trials": trials, "evaluations": len(trials),
+                         "best_valid_error": min(t["error"] for t in trials),
+                         "search": search_settings(args)})  # fmt: skip
     print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}, {len(trials)} plans", flush=True)
 
 
@@ -166,7 +194,7 @@ def performance_rho(data: dict, space) -> float | None:
 
     from qpruner.search.performance import PerformanceModel, rank_correlation
 
-    studies = [r["trials"] for k, r in data["rows"].items() if "/seed" in k and r.get("trials")]
+    studies = [r["trials"] for r in searched(data).values() if r.get("trials")]
     if len(studies) < 2:
         return None
     pred, meas = [], []
@@ -180,8 +208,8 @@ def performance_rho(data: dict, space) -> float | None:
 
 
 def summary(data: dict, minutes: float) -> list[str]:
-    rows = data["rows"]
-    trials = [t for k, r in rows.items() if "/seed" in k for t in r.get("trials", [])]
+    rows = searched(data)
+    trials = [t for r in rows.values() for t in r.get("trials", [])]
     if not trials:
         return ["no searched rows yet"]
     ref = (max(t["error"] for t in trials) * 1.001, float(data["budget"]) * 1.001)
@@ -209,8 +237,8 @@ def summary(data: dict, minutes: float) -> list[str]:
             + " / ".join(f"{h:.1f}" for h in hv)
             + f" | {len(runs)} |"
         )
-    for key in [k for k in rows if k.startswith(f"{data['settings']['ratio']}/")]:  # pruned, uniform
-        r = rows[key]
+    for key in [k for k in data["rows"] if k.startswith(f"{data['settings']['ratio']}/")]:  # pruned, uniform
+        r = data["rows"][key]
         out.append(f"| {key} | {r['ppl']:.2f} | {100 * r['task_avg']:.1f} | | | | |")
     return out
 
@@ -228,8 +256,8 @@ def figure(data: dict, minutes: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = data["rows"]
-    trials = [t for k, r in rows.items() if "/seed" in k for t in r.get("trials", [])]
+    rows = searched(data)
+    trials = [t for r in rows.values() for t in r.get("trials", [])]
     ref = (max(t["error"] for t in trials) * 1.001, float(data["budget"]) * 1.001)
     fig, (by_time, by_count) = plt.subplots(1, 2, figsize=(10, 4))
     grid = [minutes * 60 * i / 40 for i in range(41)]
@@ -252,8 +280,9 @@ def figure(data: dict, minutes: float, path: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    settings = {k: v for k, v in vars(args).items() if k not in ("table", "out", "work", "methods", "seeds")}
-    rows = rb.Rows(Path(args.out), settings)
+    skip = ("table", "out", "work", "methods", "seeds", *SEARCH_SETTINGS)
+    rows = rb.Rows(Path(args.out), {k: v for k, v in vars(args).items() if k not in skip})
+    rows.data["search"] = search_settings(args)
     if args.table:
         print("\n".join(summary(rows.data, args.minutes)))
         figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
