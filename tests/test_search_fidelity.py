@@ -183,5 +183,6 @@ def test_a_real_trial_scored_as_it_trains_ends_where_an_uninterrupted_one_does(m
     assert [p.metrics["steps"] for p in points] == [0, 1, 2]
     assert [p.memory is None for p in points] == [True, True, False]
     assert all(np.isfinite(p.error) for p in points)
+    assert points[1].error != points[0].error  # the first step trains (no zero-lr warm-up step)
     straight = ev(uniform_plan(model_dir, 16, 4, dtype="fp32"))
     assert points[-1].error == straight.error and points[-1].memory > 0
