@@ -213,9 +213,9 @@ def summary(data: dict, minutes: float) -> list[str]:
     if not trials:
         return ["no searched rows yet"]
     ref = (max(t["error"] for t in trials) * 1.001, float(data["budget"]) * 1.001)
-    head = ("| method | test ppl (mean ± se) | task avg % | best valid error | plans | "
-            "hypervolume (ppl x MiB) at 25 / 50 / 100 % of time | seeds |")  # fmt: skip
-    out = [head, "|---|---|---|---|---|---|---|"]
+    head = ("| method | test ppl (mean ± se) | task avg % | memory MiB | best valid error | plans | "
+            "hypervolume (ppl x MiB) at 25 / 50 / 100 % of time | search wall s | seeds |")  # fmt: skip
+    out = [head, "|---|---|---|---|---|---|---|---|---|"]
     for label in METHODS:
         runs = [r for k, r in rows.items() if k.startswith(f"{label}/seed")]
         if not runs:
@@ -232,14 +232,21 @@ def summary(data: dict, minutes: float) -> list[str]:
         ]
         out.append(
             f"| {label} | {ppl[0]:.2f} ± {ppl[1]:.2f} | {avg[0]:.1f} ± {avg[1]:.1f} "
+            f"| {sum(r['memory_predicted'] for r in runs) / len(runs) / 2**20:.0f} "
             f"| {best[0]:.2f} ± {best[1]:.2f} "
             f"| {sum(r['evaluations'] for r in runs) / len(runs):.1f} | "
             + " / ".join(f"{h:.1f}" for h in hv)
-            + f" | {len(runs)} |"
+            + f" | {sum(r['search_seconds'] for r in runs) / len(runs):.0f} | {len(runs)} |"
         )
     for key in [k for k in data["rows"] if k.startswith(f"{data['settings']['ratio']}/")]:  # pruned, uniform
         r = data["rows"][key]
-        out.append(f"| {key} | {r['ppl']:.2f} | {100 * r['task_avg']:.1f} | | | | |")
+        mib = f"{r['memory_predicted'] / 2**20:.0f}" if r.get("memory_predicted") else ""
+        out.append(f"| {key} | {r['ppl']:.2f} | {100 * r['task_avg']:.1f} | {mib} | | | | | |")
+    nf4 = [r for k, r in data["rows"].items() if k.split(" train seed")[0].endswith("/QLoRA NF4")]
+    if len(nf4) > 1:
+        (p, pse), (a, ase) = mean_se([r["ppl"] for r in nf4]), mean_se([100 * r["task_avg"] for r in nf4])
+        out.append(f"| QLoRA NF4 over {len(nf4)} training seeds | {p:.2f} ± {pse:.2f} | {a:.1f} ± {ase:.1f} "
+                   "| | | | | | |")  # fmt: skip
     return out
 
 
@@ -278,17 +285,28 @@ def figure(data: dict, minutes: float, path: Path) -> None:
     plt.close(fig)
 
 
+def finish(rows: rb.Rows, args, corpus: Path) -> None:
+    """The performance model's held-out ρ, the table and the figure, from the stored rows."""
+    pruned, budget = Path(args.work) / f"pruned-{args.ratio}", rows.data["budget"]
+    cfg = search_cfg(args, "random", seed=0, budget=budget, multi_fidelity=True, corpus=corpus)
+    rows.data["performance_model_rho_held_out"] = performance_rho(rows.data, build_space(pruned, cfg))
+    rows.put("_summary", {"table": summary(rows.data, args.minutes)})
+    figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
+    print("\n".join(rows.data["rows"]["_summary"]["table"]))
+    print(f"performance model Spearman ρ on held-out studies: {rows.data['performance_model_rho_held_out']}")
+
+
 def main() -> None:
     args = parse_args()
     skip = ("table", "out", "work", "methods", "seeds", *SEARCH_SETTINGS)
     rows = rb.Rows(Path(args.out), {k: v for k, v in vars(args).items() if k not in skip})
     rows.data["search"] = search_settings(args)
+    corpus = resolve_corpus(fallback=False)
     if args.table:
-        print("\n".join(summary(rows.data, args.minutes)))
-        figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
+        finish(rows, args, corpus)
         return
     model = fetch_model(args.model) if not Path(args.model).exists() else Path(args.model)
-    ctx = {"model": str(model), "corpus": resolve_corpus(fallback=False), "tokenizer": load_tokenizer(model)}
+    ctx = {"model": str(model), "corpus": corpus, "tokenizer": load_tokenizer(model)}
     uniform = {"pruned", *UNIFORM}
     rb.run_ratio(args.ratio, rows, args=args, ctx=ctx, wanted=lambda name: name in uniform)
     ctx["pruned"] = Path(args.work) / f"pruned-{args.ratio}"
@@ -299,13 +317,7 @@ def main() -> None:
         for label in args.methods.split(","):
             run_one(label, seed, rows, args=args, ctx=ctx, budget=budget)
     run_uniform_seeds(rows, args=args, ctx=ctx, seeds=[1, 2][: max(1, len(seeds) - 1)])
-    space = build_space(ctx["pruned"], search_cfg(args, "random", seed=0, budget=budget, multi_fidelity=True,
-                                                  corpus=ctx["corpus"]))  # fmt: skip
-    rows.data["performance_model_rho_held_out"] = performance_rho(rows.data, space)
-    rows.put("_summary", {"table": summary(rows.data, args.minutes)})
-    figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
-    print("\n".join(rows.data["rows"]["_summary"]["table"]))
-    print(f"performance model Spearman ρ on held-out studies: {rows.data['performance_model_rho_held_out']}")
+    finish(rows, args, corpus)
 
 
 if __name__ == "__main__":
