@@ -59,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--trial-eval-tokens", type=int, default=8000)
     ap.add_argument("--screen-tokens", type=int, default=2048)
     ap.add_argument("--replays", type=int, default=400)
-    ap.add_argument("--budgets", default="2,4", help="replay budgets in mean full-trial costs")
+    ap.add_argument("--budgets", default="2,4,6,8", help="replay budgets in mean full-trial costs")
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "results" / "pruner_bench.json"))
     ap.add_argument("--table", action="store_true")

@@ -27,6 +27,7 @@ held-out plans (fit on every study but one, predict that one's plans).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import replace
@@ -188,13 +189,25 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     return m, se
 
 
-def performance_rho(data: dict, space) -> float | None:
-    """Leave-one-study-out: fit AutoMixQ's performance model on every other study's plans."""
+def performance_rho(data: dict, space) -> tuple[float, int] | None:
+    """Leave-one-study-out: fit AutoMixQ's performance model on every other study's plans.
+
+    A plan evaluated in several studies (AutoMixQ's random start and random search share their
+    seeded draws) counts once, in the first study that evaluated it: otherwise the model would be
+    scored on plans it was fitted on. Returns ρ and the number of distinct plans it covers.
+    """
     import numpy as np
 
     from qpruner.search.performance import PerformanceModel, rank_correlation
 
-    studies = [r["trials"] for r in searched(data).values() if r.get("trials")]
+    seen, studies = set(), []
+    for r in searched(data).values():
+        fresh = []
+        for t in r.get("trials", []):
+            if (k := json.dumps(t["params"], sort_keys=True)) not in seen:
+                seen.add(k)
+                fresh.append(t)
+        studies += [fresh] if fresh else []
     if len(studies) < 2:
         return None
     pred, meas = [], []
@@ -204,7 +217,7 @@ def performance_rho(data: dict, space) -> float | None:
         model = PerformanceModel().fit(X, np.array([t["error"] for t in train]))
         pred += list(model.predict(np.stack([space.features(t["params"]) for t in held])))
         meas += [t["error"] for t in held]
-    return float(rank_correlation(pred, meas))
+    return float(rank_correlation(pred, meas)), len(meas)
 
 
 def summary(data: dict, minutes: float) -> list[str]:
@@ -289,11 +302,14 @@ def finish(rows: rb.Rows, args, corpus: Path) -> None:
     """The performance model's held-out ρ, the table and the figure, from the stored rows."""
     pruned, budget = Path(args.work) / f"pruned-{args.ratio}", rows.data["budget"]
     cfg = search_cfg(args, "random", seed=0, budget=budget, multi_fidelity=True, corpus=corpus)
-    rows.data["performance_model_rho_held_out"] = performance_rho(rows.data, build_space(pruned, cfg))
-    rows.put("_summary", {"table": summary(rows.data, args.minutes)})
+    rho = performance_rho(rows.data, build_space(pruned, cfg))
+    rows.data["performance_model_rho_held_out"] = None if rho is None else {"rho": rho[0], "plans": rho[1]}
+    lines = summary(rows.data, args.minutes)
+    if rho is not None:
+        lines.append(f"performance model Spearman ρ on held-out studies: {rho[0]:.3f} over {rho[1]} plans")
+    rows.put("_summary", {"table": lines})
     figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
-    print("\n".join(rows.data["rows"]["_summary"]["table"]))
-    print(f"performance model Spearman ρ on held-out studies: {rows.data['performance_model_rho_held_out']}")
+    print("\n".join(lines))
 
 
 def main() -> None:
