@@ -214,7 +214,8 @@ def performance_rho(data: dict, space) -> tuple[float, int] | None:
     for i, held in enumerate(studies):
         train = [t for j, s in enumerate(studies) if j != i for t in s]
         X = np.stack([space.features(t["params"]) for t in train])
-        model = PerformanceModel().fit(X, np.array([t["error"] for t in train]))
+        y = np.array([t["error"] for t in train])
+        model = PerformanceModel().fit(X, y, summary=space.summary_columns)
         pred += list(model.predict(np.stack([space.features(t["params"]) for t in held])))
         meas += [t["error"] for t in held]
     return float(rank_correlation(pred, meas)), len(meas)

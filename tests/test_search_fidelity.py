@@ -164,6 +164,8 @@ def test_the_performance_model_uses_the_training_budget():
     assert np.abs(predicted - truth).mean() < 0.1 * ev.gap
     at_screen = model.predict(np.stack([searcher.features(c, 0.0) for c in held]))
     assert np.abs(at_screen - truth - ev.gap).mean() < 0.1 * ev.gap
+    # the budget stays a feature when the model fits on the plan summary alone
+    assert searcher.summary_columns() == [*space.summary_columns, len(searcher.features(held[0])) - 1]
 
 
 def test_a_real_trial_scored_as_it_trains_ends_where_an_uninterrupted_one_does(model_dir, text_file):

@@ -300,6 +300,13 @@ class SearchSpace:
         )
         return np.concatenate([per_layer.reshape(-1), per_layer.mean(axis=0), [self.memory(choices) / 2**30]])
 
+    @property
+    def summary_columns(self) -> list[int]:
+        """Indices in :meth:`features` of the plan-wide means and the memory: the few columns a
+        performance model can fit on when too few plans are measured to learn each layer."""
+        start = 3 * len(self.base.layers)
+        return list(range(start, start + 4))
+
     def describe(self) -> dict:
         """What a study is bound to: resuming with another space is refused."""
         return {

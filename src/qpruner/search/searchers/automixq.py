@@ -111,7 +111,7 @@ class AutoMixQSearcher(Searcher):
         X, y = self.training_data(records)
         if len(y) < 2:
             return None
-        return PerformanceModel(self.model_config).fit(X, y)
+        return PerformanceModel(self.model_config).fit(X, y, summary=self.summary_columns())
 
     def propose(self, records: list[TrialRecord]) -> Proposal:
         start = self.initial_design(records)

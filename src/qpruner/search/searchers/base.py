@@ -64,6 +64,10 @@ class Searcher:
         :func:`~qpruner.search.records.budget_share`). Candidates are scored at 1."""
         return np.append(self.space.features(choices), budget)
 
+    def summary_columns(self) -> list[int]:
+        """The space's summary columns and the training budget (the last feature)."""
+        return [*self.space.summary_columns, len(self.features(self.space.cheapest())) - 1]
+
     def training_data(self, records: list[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
         """Every measured point of the study, at every fidelity: features → error."""
         points = [(r, b, e) for r, b, e in training_points(records) if self.space.complete(r.params)]

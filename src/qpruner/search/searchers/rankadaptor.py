@@ -72,7 +72,7 @@ class RankAdaptorSearcher(Searcher):
             if not found:
                 raise self.exhausted()
             return Proposal(found[0], "initial design")
-        model = PerformanceModel(self.model_config).fit(X, y)
+        model = PerformanceModel(self.model_config).fit(X, y, summary=self.summary_columns())
         n = self.n_candidates
         pool = self.random_feasible(rng, seen, n=n, accept=self.feasible, tries=4 * n)
         for r in sorted(evaluated(records), key=lambda r: r.error)[:3]:
