@@ -19,7 +19,8 @@ the search's best valid error, evaluations, hypervolume (error x memory, one ref
 at 25/50/100 % of the time budget, and over all studies the performance model's Spearman ρ on
 held-out plans (fit on every study but one, predict that one's plans).
 
-    python benchmarks/search_real_bench.py --quick   # 2 seeds x 3 min per method (~1.5 h)
+    python benchmarks/search_real_bench.py --quick   # 2 seeds x 5 min per method (measured 100 min)
+    python benchmarks/search_real_bench.py --quick --seeds 0,1,2  # a third seed (49 min more)
     python benchmarks/search_real_bench.py           # 3 seeds x 8 min per method (~4 h)
     python benchmarks/search_real_bench.py --table   # print the table from the JSON
 """
