@@ -87,6 +87,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--work", default=str(ROOT / "out" / "search_real_bench"))
     ap.add_argument("--out", default=str(ROOT / "results" / "search_real_bench.json"))
     ap.add_argument("--table", action="store_true")
+    ap.add_argument(
+        "--seeded-uniform", default="QLoRA NF4", help="uniform rows also trained with more seeds (comma list)"
+    )
     args = ap.parse_args()
     if args.quick:
         # Measured: a 10-step trial took 163-181 s on the 2 cores (load, quantize, 3 screens, 10
@@ -170,18 +173,24 @@ def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: in
     print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}, {len(trials)} plans", flush=True)
 
 
-def run_uniform_seeds(rows: rb.Rows, *, args, ctx: dict, seeds: list[int]) -> None:
-    """QLoRA NF4 recovered with more training seeds: the spread a searched plan must beat."""
+# The uniform rows that get extra training seeds: (row name, bits, LoftQ start).
+SEEDED_UNIFORM = (("QLoRA NF4", 4, False), ("LoftQ NF4", 4, True), ("int8 + LoRA", 8, False))
+
+
+def run_uniform_seeds(rows: rb.Rows, *, args, ctx: dict, seeds: list[int], names: list[str]) -> None:
+    """Uniform rows recovered with more training seeds: the spread a searched plan must beat."""
     from qpruner import PlanSource
 
-    for seed in seeds:
-        key = f"{args.ratio}/QLoRA NF4 train seed {seed}"
-        if seed == 42 or rows.get(key) is not None:  # 42: the row real_bench made (TrainConfig's seed)
-            continue
-        row = rb.recover(ctx["pruned"], PlanSource(bits=4), loftq=False, args=args, ctx=ctx,
-                         name=f"nf4-seed{seed}", seed=seed)  # fmt: skip
-        rows.put(key, row)
-        print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}", flush=True)
+    for seed in seeds:  # seed-major: a cut-off run leaves every row with the same seeds
+        for name, bits, loftq in (u for u in SEEDED_UNIFORM if u[0] in names):
+            key = f"{args.ratio}/{name} train seed {seed}"
+            if seed == 42 or rows.get(key) is not None:  # 42: the row real_bench made (TrainConfig's seed)
+                continue
+            tag = name.split()[0].lower()
+            row = rb.recover(ctx["pruned"], PlanSource(bits=bits), loftq=loftq, args=args, ctx=ctx,
+                             name=f"{tag}-seed{seed}", seed=seed)  # fmt: skip
+            rows.put(key, row)
+            print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}", flush=True)
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
@@ -257,11 +266,13 @@ def summary(data: dict, minutes: float) -> list[str]:
         r = data["rows"][key]
         mib = f"{r['memory_predicted'] / 2**20:.0f}" if r.get("memory_predicted") else ""
         out.append(f"| {key} | {r['ppl']:.2f} | {100 * r['task_avg']:.1f} | {mib} | | | | | |")
-    nf4 = [r for k, r in data["rows"].items() if k.split(" train seed")[0].endswith("/QLoRA NF4")]
-    if len(nf4) > 1:
-        (p, pse), (a, ase) = mean_se([r["ppl"] for r in nf4]), mean_se([100 * r["task_avg"] for r in nf4])
-        out.append(f"| QLoRA NF4 over {len(nf4)} training seeds | {p:.2f} ± {pse:.2f} | {a:.1f} ± {ase:.1f} "
-                   "| | | | | | |")  # fmt: skip
+    for name, _, _ in SEEDED_UNIFORM:
+        runs = [r for k, r in data["rows"].items() if k.split(" train seed")[0].endswith(f"/{name}")]
+        if len(runs) > 1:
+            p, pse = mean_se([r["ppl"] for r in runs])
+            a, ase = mean_se([100 * r["task_avg"] for r in runs])
+            label = f"{name} over {len(runs)} training seeds"
+            out.append(f"| {label} | {p:.2f} ± {pse:.2f} | {a:.1f} ± {ase:.1f} | | | | | | |")
     return out
 
 
@@ -316,7 +327,7 @@ def finish(rows: rb.Rows, args, corpus: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    skip = ("table", "out", "work", "methods", "seeds", *SEARCH_SETTINGS)
+    skip = ("table", "out", "work", "methods", "seeds", "seeded_uniform", *SEARCH_SETTINGS)
     rows = rb.Rows(Path(args.out), {k: v for k, v in vars(args).items() if k not in skip})
     rows.data["search"] = search_settings(args)
     corpus = resolve_corpus(fallback=False)
@@ -334,7 +345,8 @@ def main() -> None:
     for seed in seeds:  # seed-major: with a cut-off run every method has the same seeds done
         for label in args.methods.split(","):
             run_one(label, seed, rows, args=args, ctx=ctx, budget=budget)
-    run_uniform_seeds(rows, args=args, ctx=ctx, seeds=[1, 2][: max(1, len(seeds) - 1)])
+    extra = [1, 2][: max(1, len(seeds) - 1)]
+    run_uniform_seeds(rows, args=args, ctx=ctx, seeds=extra, names=args.seeded_uniform.split(","))
     finish(rows, args, corpus)
 
 
