@@ -173,21 +173,16 @@ def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: in
     print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}, {len(trials)} plans", flush=True)
 
 
-# The uniform rows that get extra training seeds: (row name, bits, LoftQ start).
-SEEDED_UNIFORM = (("QLoRA NF4", 4, False), ("LoftQ NF4", 4, True), ("int8 + LoRA", 8, False))
-
-
 def run_uniform_seeds(rows: rb.Rows, *, args, ctx: dict, seeds: list[int], names: list[str]) -> None:
-    """Uniform rows recovered with more training seeds: the spread a searched plan must beat."""
-    from qpruner import PlanSource
-
+    """Uniform rows (real_bench's, by name) recovered with more training seeds: the spread a
+    searched plan must beat."""
     for seed in seeds:  # seed-major: a cut-off run leaves every row with the same seeds
-        for name, bits, loftq in (u for u in SEEDED_UNIFORM if u[0] in names):
+        for name, source, loftq in (u for u in rb.UNIFORM if u[0] in names):
             key = f"{args.ratio}/{name} train seed {seed}"
             if seed == 42 or rows.get(key) is not None:  # 42: the row real_bench made (TrainConfig's seed)
                 continue
             tag = name.split()[0].lower()
-            row = rb.recover(ctx["pruned"], PlanSource(bits=bits), loftq=loftq, args=args, ctx=ctx,
+            row = rb.recover(ctx["pruned"], source, loftq=loftq, args=args, ctx=ctx,
                              name=f"{tag}-seed{seed}", seed=seed)  # fmt: skip
             rows.put(key, row)
             print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}", flush=True)
@@ -266,7 +261,7 @@ def summary(data: dict, minutes: float) -> list[str]:
         r = data["rows"][key]
         mib = f"{r['memory_predicted'] / 2**20:.0f}" if r.get("memory_predicted") else ""
         out.append(f"| {key} | {r['ppl']:.2f} | {100 * r['task_avg']:.1f} | {mib} | | | | | |")
-    for name, _, _ in SEEDED_UNIFORM:
+    for name in UNIFORM:
         runs = [r for k, r in data["rows"].items() if k.split(" train seed")[0].endswith(f"/{name}")]
         if len(runs) > 1:
             p, pse = mean_se([r["ppl"] for r in runs])

@@ -28,6 +28,7 @@ It is a bagged ensemble of small scikit-learn regressors (lower prediction = bet
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,17 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+@contextmanager
+def _fitting():
+    """One BLAS thread, and no ConvergenceWarning: small MLPs on a few dozen points often stop at
+    max_iter, and the fit is still useful."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(), _one_blas_thread():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
 class PerformanceModel:
     """Bagged regressor ensemble: ``fit`` on evaluated plans, ``predict`` candidates' error."""
 
@@ -156,8 +168,6 @@ class PerformanceModel:
 
         ``summary``: column indices of ``X`` that summarise a plan (see the module docstring).
         """
-        from sklearn.exceptions import ConvergenceWarning
-
         X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float).reshape(-1)
         if X.ndim != 2 or X.shape[0] != y.shape[0]:
             raise QPrunerError(f"performance model: features of shape {X.shape} for {y.shape[0]} targets")
@@ -172,9 +182,7 @@ class PerformanceModel:
         Xc = X if self.columns is None else X[:, self.columns]
         rng = np.random.default_rng(self.config.seed)
         members = []
-        with warnings.catch_warnings(), _one_blas_thread():
-            # Small MLPs on a few dozen points often stop at max_iter; the fit is still useful.
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with _fitting():
             for m in range(self.config.n_models):
                 idx = rng.integers(0, n, n) if n >= MIN_POINTS_BOOTSTRAP else np.arange(n)
                 if np.ptp(y[idx]) == 0:  # a resample of equal targets teaches nothing
@@ -194,18 +202,15 @@ class PerformanceModel:
         """
         self.cv_rho = {}
         n = len(y)
+        if summary and (max(summary) >= X.shape[1] or min(summary) < 0):
+            raise QPrunerError(f"performance model: summary columns {summary} outside {X.shape[1]} features")
         if not summary or not self.config.select_features or n < MIN_POINTS_BOOTSTRAP:
             return None
-        if max(summary) >= X.shape[1] or min(summary) < 0:
-            raise QPrunerError(f"performance model: summary columns {summary} outside {X.shape[1]} features")
-        from sklearn.exceptions import ConvergenceWarning
-
         order = np.random.default_rng(self.config.seed).permutation(n)
         folds = np.array_split(order, CV_FOLDS)
         for name, cols in (("full", list(range(X.shape[1]))), ("summary", list(summary))):
             pred = np.empty(n)
-            with warnings.catch_warnings(), _one_blas_thread():
-                warnings.simplefilter("ignore", ConvergenceWarning)
+            with _fitting():
                 for held in folds:
                     train = np.setdiff1d(order, held)
                     member = self._member(kind, 0, log=log).fit(X[train][:, cols], y[train])
