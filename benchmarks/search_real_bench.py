@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import real_bench as rb
+import search_rho
 
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
@@ -53,11 +54,13 @@ SEARCH_SETTINGS = ("minutes", "search_steps", "trial_eval_tokens", "screen_token
 METHODS = {
     "QPruner": ("qpruner", True),
     "AutoMixQ": ("automixq", True),
+    "AutoMixQ + prior": ("automixq", True),  # --performance-prior: the measured sensitivity
     "NSGA-II (AutoMixQ's code)": ("nsga2", True),
     "random": ("random", True),
-    "random, full trials": ("random", False),
+    "random (full trials)": ("random", False),  # a label without a comma: --methods splits on them
 }
 UNIFORM = ("QLoRA NF4", "LoftQ NF4", "int8 + LoRA")
+WITH_PRIOR = {"AutoMixQ + prior"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -98,7 +101,7 @@ def parse_args() -> argparse.Namespace:
         args.minutes, args.search_steps, args.trial_eval_tokens, args.screen_tokens = 5.0, 4, 8000, 2048
         args.limit, args.steps = 50, 20
         args.seeds = args.seeds or "0,1"
-        args.methods = args.methods or "QPruner,AutoMixQ,NSGA-II (AutoMixQ's code),random"
+        args.methods = args.methods or "QPruner,AutoMixQ,AutoMixQ + prior,NSGA-II (AutoMixQ's code),random"
         args.tasks = "qp_piqa,qp_arc_easy,qp_winogrande,qp_copa"
         args.ppl_tokens = 20_000
         args.work += "_quick"
@@ -106,13 +109,18 @@ def parse_args() -> argparse.Namespace:
     args.seeds = args.seeds or "0,1,2"
     args.methods = args.methods or ",".join(METHODS)
     args.ratios, args.rows = str(args.ratio), ""  # what real_bench.run_ratio reads
+    lists = (("--methods", args.methods, METHODS), ("--seeded-uniform", args.seeded_uniform, UNIFORM))
+    for flag, names, known in lists:
+        if unknown := [n for n in names.split(",") if n not in known]:
+            ap.error(f"{flag}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
     return args
 
 
 def search_cfg(
-    args, method: str, *, seed: int, budget: int, multi_fidelity: bool, corpus: Path
+    args, method: str, *, seed: int, budget: int, multi_fidelity: bool, corpus: Path, prior: bool = False
 ) -> SearchConfig:
     return SearchConfig(
+        performance_prior=prior,
         method=method,
         memory_budget=budget,
         space="bits",
@@ -145,6 +153,13 @@ def timeline(study_dir: Path, method: str) -> list[dict]:
     return out
 
 
+def study_dir(args, label: str, seed: int) -> Path:
+    method, mf = METHODS[label]
+    tag = f"{args.search_steps}steps-{args.minutes:g}min-{args.trial_eval_tokens}tok"
+    kind = ("mf" if mf else "full") + ("-prior" if label in WITH_PRIOR else "")
+    return Path(args.work) / f"search-{method}-{kind}-{seed}-{tag}"
+
+
 def search_settings(args) -> dict:
     return {k: getattr(args, k) for k in SEARCH_SETTINGS}
 
@@ -159,16 +174,17 @@ def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: in
     if key in searched(rows.data):
         return
     method, mf = METHODS[label]
-    tag = f"{args.search_steps}steps-{args.minutes:g}min-{args.trial_eval_tokens}tok"
-    work = Path(args.work) / f"search-{method}-{'mf' if mf else 'full'}-{seed}-{tag}"
+    work = study_dir(args, label, seed)
     t0 = time.perf_counter()
-    cfg = search_cfg(args, method, seed=seed, budget=budget, multi_fidelity=mf, corpus=ctx["corpus"])
+    cfg = search_cfg(args, method, seed=seed, budget=budget, multi_fidelity=mf, corpus=ctx["corpus"],
+                     prior=label in WITH_PRIOR)  # fmt: skip
     found = search_model(ctx["pruned"], cfg, work, resume=True, progress=False)
     searched_s = time.perf_counter() - t0
     row = rb.recover(ctx["pruned"], found.plan, loftq=False, args=args, ctx=ctx, name=f"rec-{work.name}")
     trials = timeline(work, method)
     rows.put(key, row | {"search_seconds": searched_s, "trials": trials, "evaluations": len(trials),
                          "best_valid_error": min(t["error"] for t in trials),
+                         "trial_definition": search_rho.trial_definition(work),
                          "search": search_settings(args)})  # fmt: skip
     print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}, {len(trials)} plans", flush=True)
 
@@ -192,38 +208,6 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     m = sum(xs) / len(xs)
     se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else float("nan")
     return m, se
-
-
-def performance_rho(data: dict, space) -> tuple[float, int] | None:
-    """Leave-one-study-out: fit AutoMixQ's performance model on every other study's plans.
-
-    A plan evaluated in several studies (AutoMixQ's random start and random search share their
-    seeded draws) counts once, in the first study that evaluated it: otherwise the model would be
-    scored on plans it was fitted on. Returns ρ and the number of distinct plans it covers.
-    """
-    import numpy as np
-
-    from qpruner.search.performance import PerformanceModel, rank_correlation
-
-    seen, studies = set(), []
-    for r in searched(data).values():
-        fresh = []
-        for t in r.get("trials", []):
-            if (k := json.dumps(t["params"], sort_keys=True)) not in seen:
-                seen.add(k)
-                fresh.append(t)
-        studies += [fresh] if fresh else []
-    if len(studies) < 2:
-        return None
-    pred, meas = [], []
-    for i, held in enumerate(studies):
-        train = [t for j, s in enumerate(studies) if j != i for t in s]
-        X = np.stack([space.features(t["params"]) for t in train])
-        y = np.array([t["error"] for t in train])
-        model = PerformanceModel().fit(X, y, summary=space.summary_columns)
-        pred += list(model.predict(np.stack([space.features(t["params"]) for t in held])))
-        meas += [t["error"] for t in held]
-    return float(rank_correlation(pred, meas)), len(meas)
 
 
 def summary(data: dict, minutes: float) -> list[str]:
@@ -310,14 +294,33 @@ def finish(rows: rb.Rows, args, corpus: Path) -> None:
     """The performance model's held-out ρ, the table and the figure, from the stored rows."""
     pruned, budget = Path(args.work) / f"pruned-{args.ratio}", rows.data["budget"]
     cfg = search_cfg(args, "random", seed=0, budget=budget, multi_fidelity=True, corpus=corpus)
-    rho = performance_rho(rows.data, build_space(pruned, cfg))
-    rows.data["performance_model_rho_held_out"] = None if rho is None else {"rho": rho[0], "plans": rho[1]}
-    lines = summary(rows.data, args.minutes)
-    if rho is not None:
-        lines.append(f"performance model Spearman ρ on held-out studies: {rho[0]:.3f} over {rho[1]} plans")
+    space = build_space(pruned, cfg)
+    done = searched(rows.data)
+    for key, r in done.items():  # rows made before the definition was recorded: read the study
+        if "trial_definition" not in r:
+            label, seed = key.rsplit("/seed", 1)
+            r["trial_definition"] = search_rho.trial_definition(study_dir(args, label, int(seed)))
+    sens = measured_sensitivity(args)
+    prior_space = None if sens is None else replace(space, sensitivity=sens)
+    table = search_rho.rho_table(done, space, prior_space)
+    rows.data["performance_model_rho_held_out"] = table
+    lines = [*summary(rows.data, args.minutes), "", *search_rho.rho_lines(table)]
     rows.put("_summary", {"table": lines})
     figure(rows.data, args.minutes, Path(args.out).with_suffix(".png"))
     print("\n".join(lines))
+
+
+def measured_sensitivity(args):
+    """The layer sensitivity QPruner's first study measured on the pruned model (the prior)."""
+    from qpruner.search.sensitivity import Sensitivity
+
+    for seed in (int(s) for s in args.seeds.split(",")):
+        path = study_dir(args, "QPruner", seed) / "search.json"
+        if path.is_file():
+            profile = json.loads(path.read_text())["extra"]["importance"].get("profile") or {}
+            if "sensitivity" in profile:
+                return Sensitivity.from_dict(profile["sensitivity"])
+    return None
 
 
 def main() -> None:

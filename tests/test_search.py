@@ -76,6 +76,27 @@ def test_memory_table_equals_full_memory_model():
     assert all(space.memory(lo) <= space.memory(space.sample(rng)) for _ in range(200))
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_pricing_stays_exact_where_the_memory_model_is_not_additive(monkeypatch, bf16):
+    """On the tiny space in float32 compute a packed weight's dequantization outgrows the
+    activation transients, so the per-layer sum is off (by 64 KiB here): the space notices and
+    prices through the full model. In bf16 compute the sum is exact and used."""
+    import numpy as np
+    import torch
+
+    import qpruner.device as device
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16, raising=False)
+    monkeypatch.setattr(device, "_bf16_gemm_wins", lambda: bf16)
+    space = make_space("joint", LAYERS)
+    rng = np.random.default_rng(0)
+    plans = [space.sample(rng) for _ in range(20)]
+    assert space._additive is bf16
+    assert [space.memory(c) for c in plans] == [space.memory_exact(c) for c in plans]
+    if not bf16:
+        assert any(space._table_price(c) != space.memory_exact(c) for c in plans)
+
+
 def test_pareto_and_hypervolume():
     pts = [(3.0, 1.0), (2.0, 2.0), (2.5, 3.0), (1.0, 4.0), (1.0, 5.0)]
     assert pareto_front(pts) == [0, 1, 3]

@@ -226,7 +226,8 @@ def test_too_few_plans_to_compare_keep_every_feature_and_bad_columns_are_refused
 
 
 def test_space_features_add_the_plan_wide_means():
-    """Per layer (2^-bits, 1/rank, prune ratio), then their means over layers, then memory in GiB."""
+    """Per layer (2^-bits, 1/rank, prune ratio), then their means over layers, memory in GiB and
+    the sensitivity prior (0: none measured)."""
     from search_helpers import make_space
 
     space = make_space("joint", layers=4)
@@ -238,5 +239,6 @@ def test_space_features_add_the_plan_wide_means():
     assert np.allclose(per_layer[:, 1], 1.0 / np.array(ranks, dtype=float))
     assert np.allclose(per_layer[:, 2], [0.0, 0.05, 0.0, 0.05])
     assert np.allclose(f[12:15], per_layer.mean(axis=0))
-    assert f.shape == (16,) and f[15] == pytest.approx(space.memory(choices) / 2**30)
-    assert space.summary_columns == [12, 13, 14, 15]
+    assert f.shape == (17,) and f[15] == pytest.approx(space.memory(choices) / 2**30)
+    assert f[16] == 0.0 and space.prior_column is None
+    assert space.summary_columns == [12, 13, 14, 15, 16]

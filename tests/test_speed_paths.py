@@ -149,3 +149,25 @@ def test_compute_dtype_choice():
     assert auto == (torch.bfloat16 if fast_bf16("cpu") else torch.float32)
     with pytest.raises(QPrunerError, match="compute dtype"):
         resolve_compute_dtype("int8", "cpu")
+
+
+@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("gemm_wins", [True, False])
+def test_auto_compute_dtype_needs_the_flag_and_a_timed_win(monkeypatch, flag, gemm_wins):
+    """An AVX512-BF16 flag is not enough: an Intel Xeon with it ran bf16 GEMMs at half the
+    float32 rate. bf16 only where the CPU has the flag and the timed GEMM wins."""
+    import qpruner.device as device
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: flag, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(device, "_bf16_gemm_wins", lambda: gemm_wins)
+    want = torch.bfloat16 if flag and gemm_wins else torch.float32
+    assert resolve_compute_dtype("auto", "cpu") == want
+
+
+def test_bf16_probe_is_timed_once_per_process():
+    import qpruner.device as device
+
+    first = device._bf16_gemm_wins()
+    hits = device._bf16_gemm_wins.cache_info().hits
+    assert device._bf16_gemm_wins() is first and device._bf16_gemm_wins.cache_info().hits == hits + 1

@@ -73,6 +73,12 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
         action="store_true",
         help="skip measuring each layer's 2/3-bit sensitivity beside MI and Taylor (report figure)",
     )
+    p.add_argument(
+        "--performance-prior",
+        action="store_true",
+        help="automixq: measure each layer's sensitivity first (needs --calib-data) and let the "
+        "performance model rank plans by its additive prior (the joint search always may)",
+    )
     p.add_argument("--search-seed", type=int, default=0)
     p.add_argument(
         "--time-budget",
@@ -104,6 +110,7 @@ def search_config(args: argparse.Namespace, **fixed):
         train=trial_training(args.trial_steps),
         importance=args.layer_importance,
         layer_profile=not args.no_layer_profile,
+        performance_prior=args.performance_prior,
         multi_fidelity=not args.no_multi_fidelity,
         pruner=args.pruner,
         time_budget=args.time_budget,

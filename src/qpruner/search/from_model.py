@@ -23,7 +23,7 @@ from qpruner.search.fidelity import PRUNERS, fidelity_steps
 from qpruner.search.recipe import trial_training
 from qpruner.search.run import SearchResult, run_search
 from qpruner.search.search_run import SearchRun
-from qpruner.search.searchers import USES_IMPORTANCE, searcher_class
+from qpruner.search.searchers import USES_IMPORTANCE, USES_PRIOR, searcher_class
 from qpruner.search.space import SearchSpace
 from qpruner.units import parse_duration
 
@@ -59,6 +59,10 @@ class SearchConfig:
     # With the importance, every layer's measured quantization sensitivity beside MI and Taylor
     # (qpruner.search.sensitivity; stored in the study, a figure in the report).
     layer_profile: bool = True
+    # AutoMixQ measures the layer profile too (a few CPU minutes, once per study) and its
+    # performance model may rank plans by the sensitivity's additive prior (space.features).
+    # The joint search has it whenever its importance profile does.
+    performance_prior: bool = False
     n_calib: int = 16
     calib_len: int = 128
     dtype: str | None = None  # plan dtype; None: bf16 on CUDA, fp32 on CPU
@@ -111,7 +115,7 @@ def importance_source(model_src: str | Path, cfg: SearchConfig, dtype: str, *, d
         tok = load_tokenizer(model_src)
         samples = calibration_samples(cfg.calib_data, tok, cfg.n_calib, cfg.calib_len, seed=cfg.seed)
         model = load_base_model(model_src, dtype=resolve_dtype(dtype, torch.device(device)), device=device)
-        if not cfg.layer_profile:
+        if not cfg.layer_profile and not cfg.performance_prior:
             return layer_importance(model, samples, cfg.importance, seed=cfg.seed)
         profile = layer_profile(model, samples, seed=cfg.seed)
         if cfg.importance == "sensitivity":
@@ -151,7 +155,7 @@ def search_model(
     if cfg.storage is not None:
         st.make_storage(cfg.storage, cfg.heartbeat, cfg.grace)  # reachable, its driver installed
     options = dict(cfg.options)
-    if cfg.method in USES_IMPORTANCE:
+    if measures_importance(cfg):
         options.setdefault("importance", importance_source(model_src, cfg, space.base.dtype, device=device))
         options.setdefault("importance_method", cfg.importance)
     if evaluator is None:
@@ -179,6 +183,12 @@ def search_model(
     return run_search(run, out, resume=resume or cfg.storage is not None, progress=progress, log=log)
 
 
+def measures_importance(cfg: SearchConfig) -> bool:
+    """Importance-led searchers always measure the layer profile; AutoMixQ when its performance
+    model is to take the measured sensitivity as its prior."""
+    return cfg.method in USES_IMPORTANCE or (cfg.performance_prior and cfg.method in USES_PRIOR)
+
+
 def fidelities(cfg: SearchConfig) -> tuple[int, ...] | None:
     """The training steps a trial is scored at, or None (scored once, at the end)."""
     if not cfg.multi_fidelity or cfg.train.steps is None:  # an epoch count: steps known only with data
@@ -194,6 +204,10 @@ def _check_settings(cfg: SearchConfig) -> None:
     st.check_heartbeat(cfg.heartbeat, cfg.grace)
     parse_budget(cfg.memory_budget)
     fidelities(cfg)
+    if cfg.performance_prior and cfg.method not in USES_PRIOR:
+        raise QPrunerError(f"--performance-prior is for {', '.join(USES_PRIOR)}, not {cfg.method}")
+    if cfg.performance_prior and cfg.calib_data is None:
+        raise QPrunerError("--performance-prior measures each layer's sensitivity: pass --calib-data")
     if cfg.pruner not in PRUNERS:
         raise QPrunerError(f"unknown pruner {cfg.pruner!r}: choose from {', '.join(PRUNERS)}")
     if cfg.time_budget is not None:

@@ -17,6 +17,9 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 #: Searchers that rank layers by importance (they use calibration data).
 USES_IMPORTANCE = ("qpruner", "joint")
+#: Searchers whose performance model can take the measured sensitivity as its prior
+#: (``--performance-prior``; the joint search always does, where its profile measured it).
+USES_PRIOR = ("automixq", "joint")
 
 
 def searcher_class(method: str):

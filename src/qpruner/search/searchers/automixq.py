@@ -18,6 +18,7 @@ The output is the measured Pareto front and the best plan within budget.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -25,6 +26,12 @@ from qpruner.search.pareto import hypervolume
 from qpruner.search.performance import PerformanceModel, PerformanceModelConfig
 from qpruner.search.records import TrialRecord, evaluated
 from qpruner.search.searchers.base import Proposal, Searcher
+from qpruner.search.searchers.importance import (
+    IMPORTANCE_ATTR,
+    ImportanceSource,
+    load_importance,
+    stored_sensitivity,
+)
 from qpruner.search.space import SearchSpace
 
 MODEL = "performance model"
@@ -82,11 +89,21 @@ class AutoMixQSearcher(Searcher):
         population: int = 40,
         generations: int = 15,
         kappa: float = 1.0,
+        importance: ImportanceSource | None = None,
+        importance_method: str = "sensitivity",
     ):
         super().__init__(space, budget, seed)
         self.n_initial, self.kappa = n_initial, kappa
         self.population, self.generations = population, generations
         self.model_config = model or PerformanceModelConfig(seed=seed)
+        self.importance_source, self.importance_method = importance, importance_method
+
+    def setup(self, study) -> None:
+        """Measure the layer profile when given a source (``--performance-prior``; once per
+        study), and hand its sensitivity, where the study has one, to the model as its prior."""
+        if self.importance_source is not None or IMPORTANCE_ATTR in study.user_attrs:
+            load_importance(study, self.importance_source, self.importance_method)
+        self.space = replace(self.space, sensitivity=stored_sensitivity(study))
 
     def describe(self) -> dict:
         return {
@@ -96,6 +113,7 @@ class AutoMixQSearcher(Searcher):
             "generations": self.generations,
             "kappa": self.kappa,
             "model": self.model_config.kind,
+            "prior": "measured sensitivity" if self.space.sensitivity is not None else None,
         }
 
     def initial_design(self, records: list[TrialRecord]) -> Proposal | None:
@@ -111,7 +129,9 @@ class AutoMixQSearcher(Searcher):
         X, y = self.training_data(records)
         if len(y) < 2:
             return None
-        return PerformanceModel(self.model_config).fit(X, y, summary=self.summary_columns())
+        return PerformanceModel(self.model_config).fit(
+            X, y, summary=self.summary_columns(), prior=self.prior_columns()
+        )
 
     def propose(self, records: list[TrialRecord]) -> Proposal:
         start = self.initial_design(records)

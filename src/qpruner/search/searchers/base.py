@@ -68,6 +68,11 @@ class Searcher:
         """The space's summary columns and the training budget (the last feature)."""
         return [*self.space.summary_columns, len(self.features(self.space.cheapest())) - 1]
 
+    def prior_columns(self) -> list[int] | None:
+        """The sensitivity prior and the training budget, where the study measured sensitivity."""
+        col = self.space.prior_column
+        return None if col is None else [col, len(self.features(self.space.cheapest())) - 1]
+
     def training_data(self, records: list[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
         """Every measured point of the study, at every fidelity: features → error."""
         points = [(r, b, e) for r, b, e in training_points(records) if self.space.complete(r.params)]

@@ -12,7 +12,8 @@ from __future__ import annotations
 from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.automixq import AutoMixQSearcher
 from qpruner.search.searchers.base import Proposal
-from qpruner.search.searchers.qpruner import INITIAL, ImportanceSource, initial_bits, load_importance
+from qpruner.search.searchers.importance import IMPORTANCE_ATTR, load_importance
+from qpruner.search.searchers.qpruner import INITIAL, initial_bits
 from qpruner.search.space import SearchSpace
 
 
@@ -20,23 +21,15 @@ class JointSearcher(AutoMixQSearcher):
     name = "joint"
     default_space = "joint"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        budget: int,
-        seed: int = 0,
-        importance: ImportanceSource | None = None,
-        importance_method: str = "mi",
-        **kwargs,
-    ):
+    def __init__(self, space: SearchSpace, budget: int, seed: int = 0, **kwargs):
         super().__init__(space, budget, seed, **kwargs)
-        self.importance_source, self.importance_method = importance, importance_method
         self.allocation: dict[str, int] | None = None
 
     def setup(self, study) -> None:
-        if self.importance_source is None and "importance" not in study.user_attrs:
+        super().setup(study)  # the importance, measured or read back; its sensitivity the prior
+        if IMPORTANCE_ATTR not in study.user_attrs:
             return  # no calibration data: plain random initial design
-        scores = load_importance(study, self.importance_source, self.importance_method)
+        scores = load_importance(study, None, self.importance_method)
         bits = initial_bits(self.space, scores, self.budget) if self.space.searches_bits else None
         self.allocation = self.space.choices_from(bits, self.space.layer_ranks({}))
 

@@ -15,20 +15,14 @@ second worker uses the same ones without recomputing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from qpruner.errors import QPrunerError
 from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.base import Proposal, Searcher
+from qpruner.search.searchers.importance import ImportanceSource, load_importance
 from qpruner.search.space import InfeasibleBudget, SearchSpace
 
-IMPORTANCE_ATTR = "importance"
 ALLOCATION_ATTR = "initial_allocation"
 INITIAL = "initial allocation"
-
-#: Scores, or a callable computing them (run once per study); the callable may return
-#: ``{"scores": [...], "profile": {...}}`` (:func:`qpruner.search.layer_importance.layer_profile`).
-ImportanceSource = list[float] | Callable[[], list[float] | dict]
 
 
 def initial_bits(space: SearchSpace, importance: list[float], budget: int) -> list[int]:
@@ -55,20 +49,6 @@ def initial_bits(space: SearchSpace, importance: list[float], budget: int) -> li
             if trial != bits and cost(trial) <= budget:
                 bits = trial
     return bits
-
-
-def load_importance(study, source: ImportanceSource | None, method: str) -> list[float]:
-    """The study's stored importance, else computed from ``source`` and stored."""
-    stored = study.user_attrs.get(IMPORTANCE_ATTR)
-    if stored is not None:
-        return [float(x) for x in stored["scores"]]
-    if source is None:
-        raise QPrunerError("this searcher needs layer importance: pass calibration data (--calib-data)")
-    value = source() if callable(source) else source
-    record = dict(value) if isinstance(value, dict) else {"scores": value}
-    record["scores"] = [float(x) for x in record["scores"]]
-    study.set_user_attr(IMPORTANCE_ATTR, {**record, "method": method})
-    return record["scores"]
 
 
 class QPrunerSearcher(Searcher):
