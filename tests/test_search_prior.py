@@ -140,3 +140,24 @@ def test_performance_prior_refused_where_it_cannot_work(tmp_path, method, calib,
     with pytest.raises(QPrunerError, match=message):
         search_model(tmp_path / "no-model", cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_with_few_plans_the_prior_is_trusted_and_automixq_starts_sooner():
+    w = np.geomspace(3.0, 0.1, 30)
+    (X, y), (Xt, yt) = _plans(5, 0, w, 0.02), _plans(300, 100, w, 0.02)
+    few = PerformanceModel().fit(X, y, summary=[30, 31], prior=[31])
+    assert few.describe()["features_used"] == "prior" and few.kind_used == "linear"
+    assert rank_correlation(few.predict(Xt), yt) > 0.95  # it ranks as the prior does
+    assert PerformanceModel().fit(X, y, summary=[30]).columns is None  # no prior: every feature
+
+    from qpruner.search.searchers.automixq import PRIOR_INITIAL
+
+    layers = 6
+    space = make_space("bits", layers)
+    sens = _sens([[1.0 / (1 + i), 0.2 / (1 + i)] for i in range(layers)])
+    budget = budget_between(space, 0.6)
+    plain = AutoMixQSearcher(space, budget)
+    primed = AutoMixQSearcher(make_space("bits", layers, sensitivity=sens), budget)
+    plans = plain.random_feasible(np.random.default_rng(0), set(), n=PRIOR_INITIAL)
+    done = [TrialRecord(number=i, status="evaluated", params=c, error=2.0) for i, c in enumerate(plans)]
+    assert plain.initial_design(done) is not None and primed.initial_design(done) is None

@@ -219,7 +219,7 @@ class PerformanceModel:
 
         Out-of-fold, not training, fit: on training points the wider model always wins. Below
         MIN_POINTS_BOOTSTRAP points the folds are single plans and the comparison is noise, so
-        every feature is kept, as without subsets.
+        the prior is used where there is one (the few plans only scale it), else every feature.
         """
         self.cv_rho, self.chosen = {}, "full"
         n = len(y)
@@ -227,6 +227,9 @@ class PerformanceModel:
         for name, cols in subsets.items():
             if max(cols) >= X.shape[1] or min(cols) < 0:
                 raise QPrunerError(f"performance model: {name} columns {cols} outside {X.shape[1]} features")
+        if subsets.get("prior") and self.config.select_features and n < MIN_POINTS_BOOTSTRAP:
+            self.chosen = "prior"  # too few plans to argue with the prior: trust it
+            return subsets["prior"]
         if not subsets or not self.config.select_features or n < MIN_POINTS_BOOTSTRAP:
             return None
         order = np.random.default_rng(self.config.seed).permutation(n)

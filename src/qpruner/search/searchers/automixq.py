@@ -35,6 +35,8 @@ from qpruner.search.searchers.importance import (
 from qpruner.search.space import SearchSpace
 
 MODEL = "performance model"
+#: Random initial plans when the model has a prior (the measured sensitivity) to start from.
+PRIOR_INITIAL = 2
 
 
 def surrogate_front(
@@ -117,9 +119,12 @@ class AutoMixQSearcher(Searcher):
         }
 
     def initial_design(self, records: list[TrialRecord]) -> Proposal | None:
-        """Random plans within budget until ``n_initial`` have been proposed."""
+        """Random plans within budget until ``n_initial`` have been proposed; with a prior only
+        PRIOR_INITIAL, which the model needs to scale it (on SmolLM2 random plans under the
+        budget read 150-1,100 valid perplexity against 105.6 for uniform NF4: each costs)."""
         proposed = [r for r in records if r.params and r.status != "rejected" and r.retry_of is None]
-        if len(proposed) >= self.n_initial:
+        wanted = self.n_initial if self.space.sensitivity is None else min(self.n_initial, PRIOR_INITIAL)
+        if len(proposed) >= wanted:
             return None
         found = self.random_feasible(self.rng(records), self.seen(records))
         return Proposal(found[0], "initial design") if found else None
