@@ -171,3 +171,29 @@ def test_bf16_probe_is_timed_once_per_process():
     first = device._bf16_gemm_wins()
     hits = device._bf16_gemm_wins.cache_info().hits
     assert device._bf16_gemm_wins() is first and device._bf16_gemm_wins.cache_info().hits == hits + 1
+
+
+def test_bf16_choice_is_kept_per_machine_so_every_process_agrees(monkeypatch, tmp_path):
+    """Measured once, stored under the machine's key; another process reads it instead of timing
+    (two workers timing on busy cores disagreed, and priced one budget two ways)."""
+    import json
+
+    import qpruner.device as device
+
+    monkeypatch.setenv("QPRUNER_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(device, "_time_bf16_against_fp32", lambda: calls.append(1) or True)
+    device._bf16_gemm_wins.cache_clear()
+    try:
+        assert device._bf16_gemm_wins() is True and calls == [1]
+        stored = json.loads((tmp_path / "cpu_bf16.json").read_text())
+        assert stored == {device._machine_key(): True}
+        device._bf16_gemm_wins.cache_clear()  # as a new process would start
+        (tmp_path / "cpu_bf16.json").write_text(json.dumps({device._machine_key(): False}))
+        assert device._bf16_gemm_wins() is False and calls == [1]  # read, not timed
+        device._bf16_gemm_wins.cache_clear()
+        (tmp_path / "cpu_bf16.json").write_text("{not json")
+        assert device._bf16_gemm_wins() is True and calls == [1, 1]  # corrupt: timed and rewritten
+        assert json.loads((tmp_path / "cpu_bf16.json").read_text()) == {device._machine_key(): True}
+    finally:
+        device._bf16_gemm_wins.cache_clear()
