@@ -311,11 +311,11 @@ def finish(rows: rb.Rows, args, corpus: Path) -> None:
 
 
 def measured_sensitivity(args):
-    """The layer sensitivity QPruner's first study measured on the pruned model (the prior)."""
+    """The layer sensitivity a QPruner or prior-led study measured on the pruned model first."""
     from qpruner.search.sensitivity import Sensitivity
 
-    for seed in (int(s) for s in args.seeds.split(",")):
-        path = study_dir(args, "QPruner", seed) / "search.json"
+    for label, seed in ((k, int(s)) for k in ("QPruner", *WITH_PRIOR) for s in args.seeds.split(",")):
+        path = study_dir(args, label, seed) / "search.json"
         if path.is_file():
             profile = json.loads(path.read_text())["extra"]["importance"].get("profile") or {}
             if "sensitivity" in profile:
