@@ -87,6 +87,7 @@ class SearchSpace:
                 raise QPrunerError(f"no format for {b}-bit weights; choose from {sorted(BITS_TO_FORMAT)}, 16")
         if not self.ranks or min(self.ranks) < 1 or self.fixed_rank < 1:
             raise QPrunerError(f"LoRA ranks must be positive integers, got {list(self.ranks)}")
+        self._exact: dict[tuple[int, ...], int] = {}  # full-model prices, where the table is not exact
 
     # ---- parameters ---------------------------------------------------------------------
     @property
@@ -243,7 +244,6 @@ class SearchSpace:
     @cached_property
     def _additive(self) -> bool:
         """Whether the table's sum equals the full model on the extreme plans and 16 seeded draws."""
-        self._exact: dict[tuple[int, ...], int] = {}
         rng = np.random.default_rng(0)
         extremes = [{k: f(v) for k, v in self.param_choices.items()} for f in (min, max)]
         plans = extremes + [self.sample(rng) for _ in range(16)]

@@ -99,12 +99,13 @@ class AutoMixQSearcher(Searcher):
         self.population, self.generations = population, generations
         self.model_config = model or PerformanceModelConfig(seed=seed)
         self.importance_source, self.importance_method = importance, importance_method
+        self.importance: list[float] | None = None  # the study's layer scores, where it has them
 
     def setup(self, study) -> None:
         """Measure the layer profile when given a source (``--performance-prior``; once per
         study), and hand its sensitivity, where the study has one, to the model as its prior."""
         if self.importance_source is not None or IMPORTANCE_ATTR in study.user_attrs:
-            load_importance(study, self.importance_source, self.importance_method)
+            self.importance = load_importance(study, self.importance_source, self.importance_method)
         self.space = replace(self.space, sensitivity=stored_sensitivity(study))
 
     def describe(self) -> dict:

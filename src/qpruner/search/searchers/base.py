@@ -66,12 +66,15 @@ class Searcher:
 
     def summary_columns(self) -> list[int]:
         """The space's summary columns and the training budget (the last feature)."""
-        return [*self.space.summary_columns, len(self.features(self.space.cheapest())) - 1]
+        return [*self.space.summary_columns, self._budget_column()]
 
     def prior_columns(self) -> list[int] | None:
         """The sensitivity prior and the training budget, where the study measured sensitivity."""
         col = self.space.prior_column
-        return None if col is None else [col, len(self.features(self.space.cheapest())) - 1]
+        return None if col is None else [col, self._budget_column()]
+
+    def _budget_column(self) -> int:
+        return len(self.features(self.space.cheapest())) - 1
 
     def training_data(self, records: list[TrialRecord]) -> tuple[np.ndarray, np.ndarray]:
         """Every measured point of the study, at every fidelity: features → error."""

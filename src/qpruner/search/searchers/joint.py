@@ -12,7 +12,6 @@ from __future__ import annotations
 from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.automixq import AutoMixQSearcher
 from qpruner.search.searchers.base import Proposal
-from qpruner.search.searchers.importance import IMPORTANCE_ATTR, load_importance
 from qpruner.search.searchers.qpruner import INITIAL, initial_bits
 from qpruner.search.space import SearchSpace
 
@@ -27,10 +26,9 @@ class JointSearcher(AutoMixQSearcher):
 
     def setup(self, study) -> None:
         super().setup(study)  # the importance, measured or read back; its sensitivity the prior
-        if IMPORTANCE_ATTR not in study.user_attrs:
+        if self.importance is None:
             return  # no calibration data: plain random initial design
-        scores = load_importance(study, None, self.importance_method)
-        bits = initial_bits(self.space, scores, self.budget) if self.space.searches_bits else None
+        bits = initial_bits(self.space, self.importance, self.budget) if self.space.searches_bits else None
         self.allocation = self.space.choices_from(bits, self.space.layer_ranks({}))
 
     def initial_design(self, records: list[TrialRecord]) -> Proposal | None:
