@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -44,6 +45,9 @@ REFERENCE = "reference"  # --model reference: the project's own small model
 # seeded sample of each, so the whole run fits 30 minutes on 2 CPU cores (README).
 DEFAULT_TASKS = ["qp_arc_easy", "qp_piqa", "qp_winogrande", "qp_copa"]
 DEFAULT_LIMIT = 200
+
+_Log = Callable[[str], None]
+_Record = Callable[[str, dict], None]  # writes one finished stage into run.json
 
 
 @dataclass
@@ -165,9 +169,6 @@ def run_pipeline(
     log=print,
 ) -> RunResult:
     """Run every stage into ``out_dir`` (``pruned/``, ``recovered/``, ``run.json``)."""
-    from qpruner.lora.recover import finetune
-    from qpruner.prune.workflow import prune_checkpoint
-
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not resume:
         raise QPrunerError(f"output {out} already exists; pass --resume to continue it")
@@ -175,6 +176,24 @@ def run_pipeline(
     if name == DEFAULT_MODEL and cfg.model is None:
         cfg = replace(cfg, eval=default_eval(cfg))
     cfg.eval.tasks = cfg.eval.check()
+    result = _open_result(cfg, out, model_src=model_src, corpus=corpus)
+    record = _recorder(result, out)
+    tokenizer = load_tokenizer(model_src)
+    _prune_stage(cfg, out, model_src, data=data, tokenizer=tokenizer, device=device, progress=progress,
+                 log=log, stages=result.stages, record=record)  # fmt: skip
+    source = cfg.plan
+    if source.kind == "searched":
+        found = _search_stage(cfg, out, data, device=device, progress=progress, log=log,
+                              stages=result.stages, record=record)  # fmt: skip
+        source = replace(source, path=found)
+    _recover_stage(cfg, out, source, data=data, tokenizer=tokenizer, device=device, progress=progress,
+                   log=log, stages=result.stages, record=record)  # fmt: skip
+    return result
+
+
+def _open_result(cfg: RunConfig, out: Path, *, model_src: str, corpus: str | None) -> RunResult:
+    """The run's record, with the stages an earlier run in ``out`` finished, so a resume skips
+    them; refused when that run had other settings, whose stages would not match these."""
     result = RunResult(out, model_src, corpus)
     result.settings = json.loads(json.dumps(asdict(cfg), default=str))
     done_file = out / RUN_FILE
@@ -185,6 +204,13 @@ def run_pipeline(
                 f"{out} was made with other settings; resume it with the same ones or use a new --out"
             )
         result.stages = earlier.get("stages", {})
+    return result
+
+
+def _recorder(result: RunResult, out: Path) -> _Record:
+    """Records a finished stage in ``result`` and rewrites ``run.json`` atomically, so a crash
+    never leaves a half-written record that a resume would misread."""
+    done_file = out / RUN_FILE
 
     def record(stage: str, info: dict) -> None:
         result.stages[stage] = info
@@ -193,14 +219,33 @@ def run_pipeline(
         tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str))
         tmp.replace(done_file)
 
-    tokenizer = load_tokenizer(model_src)
+    return record
+
+
+def _prune_stage(
+    cfg: RunConfig,
+    out: Path,
+    model_src: str,
+    *,
+    data: dict[str, str | None],
+    tokenizer,
+    device: str | torch.device,
+    progress: bool,
+    log: _Log,
+    stages: dict[str, dict],
+    record: _Record,
+) -> None:
+    """Score the dense model, prune it into ``out/pruned`` and score that; redone unless both
+    the record and the pruned directory are there, since either alone may be a crash's leftover."""
+    from qpruner.prune.workflow import prune_checkpoint
+
     pruned_dir = out / "pruned"
-    if "prune" not in result.stages or not (pruned_dir / "pruning.json").is_file():
+    if "prune" not in stages or not (pruned_dir / "pruning.json").is_file():
         t0 = time.perf_counter()
-        if "dense" not in result.stages:
+        if "dense" not in stages:
             dense = load_model(model_src, device=device)
             record("dense", _evaluate(dense, tokenizer, cfg, data["eval"], progress))
-            log(f"dense: ppl {result.stages['dense']['ppl']:.2f}")
+            log(f"dense: ppl {stages['dense']['ppl']:.2f}")
             del dense
         pr = prune_checkpoint(model_src, pruned_dir, cfg.prune, data["calib"], device=device,
                               overwrite=True, progress=progress)  # fmt: skip
@@ -211,18 +256,30 @@ def run_pipeline(
         )
         record("prune", info)
         del pruned
-    log(f"pruned: {result.stages['prune']['params']:,} params, ppl {result.stages['prune']['ppl']:.2f}")
+    log(f"pruned: {stages['prune']['params']:,} params, ppl {stages['prune']['ppl']:.2f}")
 
-    source = cfg.plan
-    if source.kind == "searched":
-        found = _search_stage(cfg, out, data, device=device, progress=progress, log=log,
-                              stages=result.stages, record=record)  # fmt: skip
-        source = replace(source, path=found)
+
+def _recover_stage(
+    cfg: RunConfig,
+    out: Path,
+    source: PlanSource,
+    *,
+    data: dict[str, str | None],
+    tokenizer,
+    device: str | torch.device,
+    progress: bool,
+    log: _Log,
+    stages: dict[str, dict],
+    record: _Record,
+) -> None:
+    """Quantize ``out/pruned`` per ``source``, recover it into ``out/recovered`` and score it;
+    ``finetune`` resumes from its last checkpoint, so a crash loses only the steps since."""
+    from qpruner.lora.recover import finetune
 
     rec_dir = out / "recovered"
-    if "recover" not in result.stages or not (rec_dir / RECOVERY_FILE).is_file():
+    if "recover" not in stages or not (rec_dir / RECOVERY_FILE).is_file():
         t0 = time.perf_counter()
-        rec = finetune(pruned_dir, data["train"], rec_dir, plan=source, train_config=cfg.train,
+        rec = finetune(out / "pruned", data["train"], rec_dir, plan=source, train_config=cfg.train,
                        loftq=cfg.loftq, resume=True, device=device, progress=progress)  # fmt: skip
         recovered = load_model(rec_dir, device=device)
         size = model_size(recovered)  # what the quantized model holds
@@ -239,8 +296,7 @@ def run_pipeline(
             seconds=time.perf_counter() - t0,
         )
         record("recover", info)
-    log(f"recovered: ppl {result.stages['recover']['ppl']:.2f}")
-    return result
+    log(f"recovered: ppl {stages['recover']['ppl']:.2f}")
 
 
 def _search_stage(

@@ -19,6 +19,21 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None:
     """Flags shared by ``search`` and ``run`` (where ``--memory-budget`` switches the search on)."""
+    _add_space_flags(p, in_run=in_run)
+    _add_trial_flags(p)
+    _add_study_flags(p)
+    _add_guidance_flags(p)
+    p.add_argument("--search-seed", type=int, default=0)
+    p.add_argument(
+        "--time-budget",
+        help="stop starting trials once they have used this much time in total (600, 90m, 2h); "
+        "with --trials, whichever comes first",
+    )
+
+
+def _add_space_flags(p: argparse.ArgumentParser, *, in_run: bool) -> None:
+    """What is searched and under which budget; in ``run`` the budget is optional because it is
+    what turns the search stage on."""
     from qpruner.search.searchers import METHODS
 
     p.add_argument("--method", choices=list(METHODS), default="qpruner", help="searcher (default qpruner)")
@@ -38,6 +53,10 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
         help="bit widths per layer to choose from (16: unquantized)",
     )
     p.add_argument("--ranks", type=_ints, default=(2, 4, 8, 16), help="LoRA ranks per layer to choose from")
+
+
+def _add_trial_flags(p: argparse.ArgumentParser) -> None:
+    """How much the study may spend: trials, steps per trial, and what stops weak ones early."""
     p.add_argument(
         "--trials", type=int, default=40, help="plans tried in the whole study (evaluated or stopped early)"
     )
@@ -54,12 +73,20 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
         default="halving",
         help="what stops weak multi-fidelity trials: optuna's successive halving or Hyperband",
     )
+
+
+def _add_study_flags(p: argparse.ArgumentParser) -> None:
+    """Where the study lives, so several workers can share it and a dead one's trial is retried."""
     p.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.db); postgresql://...")
     p.add_argument("--study-name", help="study name (default: the method)")
     p.add_argument("--heartbeat", type=int, help="RDB storages: seconds between beats of a running trial")
     p.add_argument(
         "--heartbeat-grace", type=int, help="seconds without a beat before a trial is failed and retried"
     )
+
+
+def _add_guidance_flags(p: argparse.ArgumentParser) -> None:
+    """What a plan is scored on and what steers the bit allocation towards good ones."""
     p.add_argument("--search-metric", default="ppl", help="ppl, or an lm-eval task (error = 1 - acc)")
     p.add_argument(
         "--layer-importance",
@@ -78,12 +105,6 @@ def add_search_options(p: argparse.ArgumentParser, in_run: bool = False) -> None
         action="store_true",
         help="automixq: measure each layer's sensitivity first (needs --calib-data) and let the "
         "performance model rank plans by its additive prior (the joint search always may)",
-    )
-    p.add_argument("--search-seed", type=int, default=0)
-    p.add_argument(
-        "--time-budget",
-        help="stop starting trials once they have used this much time in total (600, 90m, 2h); "
-        "with --trials, whichever comes first",
     )
 
 

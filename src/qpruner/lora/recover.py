@@ -148,17 +148,8 @@ def finetune(
     ``overwrite``.
     """
     cfg = train_config or TrainConfig()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise QPrunerError(
-            f"output {out} already exists; pass --resume to continue it or --overwrite to replace it"
-        )
-    if overwrite and not resume and (out / "checkpoints").is_dir():
-        shutil.rmtree(out / "checkpoints")
-    if isinstance(plan, Plan):
-        check_stored_fit(plan, model_src)
-    else:
-        plan = (plan or PlanSource()).load(model_src, device)
+    out = _claim_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    plan = _resolve_plan(plan, model_src, device)
     tokenizer = load_tokenizer(model_src)
     examples = load_examples(data, tokenizer, cfg.cutoff_len, cfg.train_on_inputs)
     identity = {
@@ -170,19 +161,61 @@ def finetune(
     trained = train_plan(model_src, plan, examples, cfg, out / "checkpoints", tokenizer=tokenizer,
                          device=device, loftq=loftq, resume=resume, identity=identity,
                          progress=progress, validated=True)  # fmt: skip
-    peft_model, result, trainable = trained.model, trained.train, trained.trainable_params
-    predicted, measured = trained.predicted, trained.measured
+    _save_recovery(trained, plan, out, tokenizer=tokenizer, cfg=cfg)
+    write_recovery_record(out, _recovery_record(model_src, data, out, cfg=cfg, loftq=loftq, trained=trained))
+    if export:
+        export_merged(
+            trained.model, out, tokenizer, extra={"source": str(model_src), "recovered_from": str(out)}
+        )
+    return RecoveryResult(
+        plan, trained.train, trained.predicted, trained.measured, trained.trainable_params, out
+    )
+
+
+def _claim_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse a used ``out_dir`` unless told to continue or replace it; replacing drops its old
+    checkpoints, which training would otherwise refuse rather than silently mix in."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise QPrunerError(
+            f"output {out} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
+    if overwrite and not resume and (out / "checkpoints").is_dir():
+        shutil.rmtree(out / "checkpoints")
+    return out
+
+
+def _resolve_plan(plan: Plan | PlanSource | None, model_src: str | Path, device: str | torch.device) -> Plan:
+    """The plan checked against ``model_src``'s stored layer shapes, so a misfit fails before
+    the model is loaded; a source validates the plan it loads."""
+    if isinstance(plan, Plan):
+        check_stored_fit(plan, model_src)
+        return plan
+    return (plan or PlanSource()).load(model_src, device)
+
+
+def _save_recovery(trained: TrainedPlan, plan: Plan, out: Path, *, tokenizer, cfg: TrainConfig) -> None:
+    """Save adapter, plan and tokenizer; the plan carries its predicted and measured memory
+    (and the batch and length they hold for) so it can be compared without retraining."""
     plan.memory = {
-        "predicted": predicted.to_dict(),
-        "measured": measured.to_dict(),
+        "predicted": trained.predicted.to_dict(),
+        "measured": trained.measured.to_dict(),
         "batch": cfg.micro_batch,
         "seq_len": cfg.cutoff_len,
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_adapter(peft_model, out)
+    save_adapter(trained.model, out)
     plan.save(out / PLAN_FILE)
     tokenizer.save_pretrained(out)
-    record = {
+
+
+def _recovery_record(
+    model_src: str | Path, data: str | Path, out: Path, *, cfg: TrainConfig, loftq: bool, trained: TrainedPlan
+) -> dict:
+    """What ``recovery.json`` holds: where the base model is (so the recovered directory can be
+    loaded again), how it was trained, and what that cost."""
+    result = trained.train
+    return {
         "base_model": str(Path(model_src).resolve()) if Path(model_src).exists() else str(model_src),
         # Relative to this directory too, so run/ (pruned/ + recovered/) can move as a whole.
         "base_model_relative": (
@@ -196,11 +229,5 @@ def finetune(
         "final_loss": result.losses[-1] if result.losses else None,
         "tokens_per_second": result.tokens_per_second,
         "step_seconds": result.step_seconds,
-        "trainable_params": trainable,
+        "trainable_params": trained.trainable_params,
     }
-    write_recovery_record(out, record)
-    if export:
-        export_merged(
-            peft_model, out, tokenizer, extra={"source": str(model_src), "recovered_from": str(out)}
-        )
-    return RecoveryResult(plan, result, predicted, measured, trainable, out)
