@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import tp_baseline as tpb
-from bench_setup import reference_setup, write_results
+from bench_setup import ReferenceSetup, reference_setup, write_results
 
 from qpruner.architecture import layer_shapes
 from qpruner.checkpoint import load_tokenizer
@@ -100,11 +100,8 @@ def main() -> None:
 
 def reference_main(args: argparse.Namespace) -> None:
     bench = reference_setup(args.max_eval_tokens)
-    corpus, tok, dense, ctx, test_ids = bench.corpus, bench.tokenizer, bench.dense, bench.ctx, bench.test_ids
-    ppl = bench.ppl
-
-    base = model_size(dense)
-    dense_ppl = ppl(dense)
+    base = model_size(bench.dense)
+    dense_ppl = bench.ppl(bench.dense)
     rows = [
         dict(
             method="dense",
@@ -116,13 +113,11 @@ def reference_main(args: argparse.Namespace) -> None:
             seconds=0.0,
         )
     ]
-    print(
-        f"dense: {base.params:,} params, ppl {dense_ppl:.2f} on {test_ids.numel():,} test tokens (ctx {ctx})"
-    )
+    n, ctx = bench.test_ids.numel(), bench.ctx
+    print(f"dense: {base.params:,} params, ppl {dense_ppl:.2f} on {n:,} test tokens (ctx {ctx})")
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for method in IMPORTANCE_METHODS:
-            seeds = range(args.random_seeds) if method == "random" else [0]
-            for seed in seeds:
+            for seed in range(args.random_seeds) if method == "random" else [0]:
                 cfg = PruneConfig(
                     ratio=ratio,
                     importance=method,
@@ -130,26 +125,44 @@ def reference_main(args: argparse.Namespace) -> None:
                     layer_start=args.layer_start,
                     layer_end=args.layer_end,
                 )
-                samples = calibration_samples(corpus / TRAIN_FILE, tok, cfg.n_samples, cfg.seq_len, seed)
-                model = copy.deepcopy(dense)
-                t0 = time.perf_counter()
-                prune_model(model, cfg, samples, progress=False)
-                seconds = time.perf_counter() - t0
-                size = model_size(model)
-                rows.append(
-                    dict(
-                        method=method,
-                        ratio=ratio,
-                        seed=seed,
-                        params=size.params,
-                        weight_bytes=size.weight_bytes,
-                        ppl=ppl(model),
-                        seconds=seconds,
-                    )
-                )
-                last = rows[-1]["ppl"]
-                print(f"  {method:>13} ratio {ratio:.1f} seed {seed}: ppl {last:.2f} ({seconds:.1f}s)")
+                rows.append(_reference_prune(bench, cfg))
+    table = _reference_table(rows, base.params, dense_ppl)
+    print("\n".join(table))
+    _print_sanity(rows)
+    write_results(
+        args.out or RESULTS,
+        bench,
+        {"layer_range": [args.layer_start, args.layer_end], "rows": rows, "table": table},
+    )
 
+
+def _reference_prune(bench: ReferenceSetup, cfg: PruneConfig) -> dict:
+    """A fresh copy of the dense model pruned by ``cfg``: its row (samples drawn with ``cfg.seed``)."""
+    samples = calibration_samples(
+        bench.corpus / TRAIN_FILE, bench.tokenizer, cfg.n_samples, cfg.seq_len, cfg.seed
+    )
+    model = copy.deepcopy(bench.dense)
+    t0 = time.perf_counter()
+    prune_model(model, cfg, samples, progress=False)
+    seconds = time.perf_counter() - t0
+    size = model_size(model)
+    row = dict(
+        method=cfg.importance,
+        ratio=cfg.ratio,
+        seed=cfg.seed,
+        params=size.params,
+        weight_bytes=size.weight_bytes,
+        ppl=bench.ppl(model),
+        seconds=seconds,
+    )
+    print(
+        f"  {cfg.importance:>13} ratio {cfg.ratio:.1f} seed {cfg.seed}: ppl {row['ppl']:.2f} ({seconds:.1f}s)"
+    )
+    return row
+
+
+def _reference_table(rows: list[dict], dense_params: int, dense_ppl: float) -> list[str]:
+    """One line per estimator and ratio; random shows its mean over seeds (the noise floor)."""
     table = [
         "| method | ratio | params | removed | weight MiB | ppl before | ppl after | prune s |",
         "|---|---|---|---|---|---|---|---|",
@@ -157,18 +170,21 @@ def reference_main(args: argparse.Namespace) -> None:
     for r in rows:
         if r["method"] == "random" and r["seed"] != 0:
             continue
-        shown = r["ppl"]
         if r["method"] == "random":
             vals = [x["ppl"] for x in rows if x["method"] == "random" and x["ratio"] == r["ratio"]]
-            shown_s = f"{statistics.mean(vals):.2f} (min {min(vals):.2f}, {len(vals)} seeds)"
+            shown = f"{statistics.mean(vals):.2f} (min {min(vals):.2f}, {len(vals)} seeds)"
         else:
-            shown_s = f"{shown:.2f}"
+            shown = f"{r['ppl']:.2f}"
         table.append(
             f"| {r['method']} | {r['ratio']:.1f} | {r['params']:,} "
-            f"| {100 * (1 - r['params'] / base.params):.1f}% "
-            f"| {r['weight_bytes'] / 2**20:.2f} | {dense_ppl:.2f} | {shown_s} | {r['seconds']:.1f} |"
+            f"| {100 * (1 - r['params'] / dense_params):.1f}% "
+            f"| {r['weight_bytes'] / 2**20:.2f} | {dense_ppl:.2f} | {shown} | {r['seconds']:.1f} |"
         )
-    print("\n".join(table))
+    return table
+
+
+def _print_sanity(rows: list[dict]) -> None:
+    """Taylor must beat every random seed at each ratio, or the estimator is no better than noise."""
     for ratio in sorted({r["ratio"] for r in rows if r["ratio"] > 0}):
         taylor = next(x["ppl"] for x in rows if x["method"] == "taylor" and x["ratio"] == ratio)
         rand = [x["ppl"] for x in rows if x["method"] == "random" and x["ratio"] == ratio]
@@ -177,11 +193,6 @@ def reference_main(args: argparse.Namespace) -> None:
             f"sanity @ {ratio:.1f}: taylor {taylor:.2f} beats every random seed "
             f"(best {min(rand):.2f}): {verdict}"
         )
-    write_results(
-        args.out or RESULTS,
-        bench,
-        {"layer_range": [args.layer_start, args.layer_end], "rows": rows, "table": table},
-    )
 
 
 class RealRows:

@@ -18,10 +18,11 @@ import argparse
 import copy
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bench_setup import reference_setup, write_results
+from bench_setup import ReferenceSetup, reference_setup, write_results
 
 from qpruner import Plan, TrainConfig, apply_plan, finetune
 from qpruner.checkpoint import save_pruned
@@ -53,7 +54,7 @@ def _rss_total(measured: dict) -> int:
     return measured["total"] - measured["step_peak"] + rss
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--steps", type=int, default=80)
@@ -64,29 +65,58 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--max-eval-tokens", type=int, default=100_000)
     ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    bench = reference_setup(args.max_eval_tokens)
-    corpus, tok, dense, ppl = bench.corpus, bench.tokenizer, bench.dense, bench.ppl
 
-    work = Path(tempfile.mkdtemp(prefix="recover_bench."))
-    cfg = PruneConfig(ratio=args.ratio, layer_start=1, layer_end=-1)
-    pruned = copy.deepcopy(dense)
-    prune_model(pruned, cfg, calibration_samples(corpus / TRAIN_FILE, tok, cfg.n_samples, cfg.seq_len, 0))
+@dataclass
+class PrunedBase:
+    """The one pruned checkpoint every configuration recovers from, and the scores it starts at."""
+
+    model: torch.nn.Module  # held for the whole run, as in the recorded runs: RSS peaks stay comparable
+    path: Path
+    prune: PruneConfig
+    dense_ppl: float
+    ppl: float
+    removed: float  # fraction of the dense model's parameters
+
+
+@dataclass
+class Recovery:
+    """One configuration of the comparison: its row name, its plan, and whether LoftQ initialises it."""
+
+    name: str
+    plan: Plan
+    loftq: bool
+
+
+def prune_reference(bench: ReferenceSetup, ratio: float, work: Path) -> PrunedBase:
+    """Prune once, so every configuration starts from the very same checkpoint."""
+    cfg = PruneConfig(ratio=ratio, layer_start=1, layer_end=-1)
+    pruned = copy.deepcopy(bench.dense)
+    samples = calibration_samples(bench.corpus / TRAIN_FILE, bench.tokenizer, cfg.n_samples, cfg.seq_len, 0)
+    prune_model(pruned, cfg, samples)
     pruned_dir = work / "pruned"
-    save_pruned(pruned, pruned_dir, tok)
-    dense_ppl, pruned_ppl = ppl(dense), ppl(pruned)
-    removed = 1 - model_size(pruned).params / model_size(dense).params
+    save_pruned(pruned, pruned_dir, bench.tokenizer)
+    dense_ppl, pruned_ppl = bench.ppl(bench.dense), bench.ppl(pruned)
+    removed = 1 - model_size(pruned).params / model_size(bench.dense).params
     print(f"dense ppl {dense_ppl:.2f}; pruned {100 * removed:.1f}% of params -> ppl {pruned_ppl:.2f}")
+    return PrunedBase(pruned, pruned_dir, cfg, dense_ppl, pruned_ppl, removed)
 
-    configs = [
-        ("LoRA (fp32 base)", uniform_plan(pruned_dir, 16, args.rank, dtype="fp32"), False),
-        ("QLoRA NF4", uniform_plan(pruned_dir, 4, args.rank, dtype="fp32"), False),
-        ("LoftQ NF4", uniform_plan(pruned_dir, 4, args.rank, dtype="fp32"), True),
-        ("int8 + LoRA", uniform_plan(pruned_dir, 8, args.rank, dtype="fp32"), False),
-        ("mixed plan", mixed_plan(pruned_dir, args.rank), False),
+
+def recoveries(pruned_dir: Path, rank: int) -> list[Recovery]:
+    """The configurations side by side; the first (plain LoRA) is the step-time baseline."""
+    return [
+        Recovery("LoRA (fp32 base)", uniform_plan(pruned_dir, 16, rank, dtype="fp32"), False),
+        Recovery("QLoRA NF4", uniform_plan(pruned_dir, 4, rank, dtype="fp32"), False),
+        Recovery("LoftQ NF4", uniform_plan(pruned_dir, 4, rank, dtype="fp32"), True),
+        Recovery("int8 + LoRA", uniform_plan(pruned_dir, 8, rank, dtype="fp32"), False),
+        Recovery("mixed plan", mixed_plan(pruned_dir, rank), False),
     ]
-    train_cfg = TrainConfig(
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """One recipe for every configuration, so the rows differ only in their plans."""
+    return TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         micro_batch=args.micro_batch,
@@ -95,48 +125,53 @@ def main() -> None:
         cutoff_len=args.cutoff_len,
         save_every=args.steps,
     )
-    rows = []
-    for name, plan, loftq in configs:
-        torch.manual_seed(train_cfg.seed)
-        start = apply_plan(load_model(pruned_dir), copy.deepcopy(plan), loftq=loftq)
-        before = ppl(start)
-        del start
-        t0 = time.perf_counter()
-        res = finetune(
-            pruned_dir, corpus / TRAIN_FILE, work / name.replace(" ", "_"), plan=plan, train_config=train_cfg,
-            loftq=loftq, export=False, progress=False,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t0
-        recovered = load_model(res.out_dir)
-        after = ppl(recovered)
-        weight_bytes = model_size(recovered).weight_bytes - res.measured.components["lora_params"]
-        del recovered
-        rows.append(
-            dict(
-                config=name,
-                loftq=loftq,
-                bits_per_layer=plan.bits_per_layer(),
-                ppl_pruned=pruned_ppl,
-                ppl_before=before,
-                ppl_after=after,
-                trainable_params=res.trainable_params,
-                base_weight_bytes=weight_bytes,
-                predicted=res.predicted.to_dict(),
-                measured=res.measured.to_dict(),
-                step_seconds=res.train.step_seconds,
-                tokens_per_second=res.train.tokens_per_second,
-                first_loss=res.train.losses[0],
-                last_loss=res.train.losses[-1],
-                wall_seconds=seconds,
-            )
-        )
-        r = rows[-1]
-        print(
-            f"  {name:>16}: ppl {before:.2f} -> {after:.2f}, {r['trainable_params']:,} trainable, "
-            f"mem {r['predicted']['total'] / 2**20:.1f}/{r['measured']['total'] / 2**20:.1f} MiB, "
-            f"step {r['step_seconds']:.2f}s"
-        )
 
+
+def recover(
+    bench: ReferenceSetup, base: PrunedBase, rec: Recovery, *, train_cfg: TrainConfig, work: Path
+) -> dict:
+    """Score the quantized start, fine-tune, score the result: one row of the table."""
+    torch.manual_seed(train_cfg.seed)
+    start = apply_plan(load_model(base.path), copy.deepcopy(rec.plan), loftq=rec.loftq)
+    before = bench.ppl(start)
+    del start
+    t0 = time.perf_counter()
+    res = finetune(
+        base.path, bench.corpus / TRAIN_FILE, work / rec.name.replace(" ", "_"), plan=rec.plan,
+        train_config=train_cfg, loftq=rec.loftq, export=False, progress=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    recovered = load_model(res.out_dir)
+    after = bench.ppl(recovered)
+    weight_bytes = model_size(recovered).weight_bytes - res.measured.components["lora_params"]
+    del recovered
+    r = dict(
+        config=rec.name,
+        loftq=rec.loftq,
+        bits_per_layer=rec.plan.bits_per_layer(),
+        ppl_pruned=base.ppl,
+        ppl_before=before,
+        ppl_after=after,
+        trainable_params=res.trainable_params,
+        base_weight_bytes=weight_bytes,
+        predicted=res.predicted.to_dict(),
+        measured=res.measured.to_dict(),
+        step_seconds=res.train.step_seconds,
+        tokens_per_second=res.train.tokens_per_second,
+        first_loss=res.train.losses[0],
+        last_loss=res.train.losses[-1],
+        wall_seconds=seconds,
+    )
+    print(
+        f"  {rec.name:>16}: ppl {before:.2f} -> {after:.2f}, {r['trainable_params']:,} trainable, "
+        f"mem {r['predicted']['total'] / 2**20:.1f}/{r['measured']['total'] / 2**20:.1f} MiB, "
+        f"step {r['step_seconds']:.2f}s"
+    )
+    return r
+
+
+def recovery_table(rows: list[dict]) -> list[str]:
+    """The Markdown table; step times are also shown relative to the first (plain LoRA) row."""
     lora_step = rows[0]["step_seconds"]
     table = [
         "| config | ppl pruned | ppl before recovery | ppl after | trainable | base weights MiB "
@@ -151,15 +186,27 @@ def main() -> None:
             f"| {_rss_total(r['measured']) / 2**20:.2f} "
             f"| {r['step_seconds']:.2f} ({r['step_seconds'] / lora_step:.2f}x) |"
         )
+    return table
+
+
+def main() -> None:
+    args = parse_args()
+    bench = reference_setup(args.max_eval_tokens)
+    work = Path(tempfile.mkdtemp(prefix="recover_bench."))
+    base = prune_reference(bench, args.ratio, work)
+    configs = recoveries(base.path, args.rank)
+    train_cfg = train_config(args)
+    rows = [recover(bench, base, rec, train_cfg=train_cfg, work=work) for rec in configs]
+    table = recovery_table(rows)
     print("\n".join(table))
     setup = {k: v for k, v in vars(args).items() if k != "out"}
     write_results(
         args.out,
         bench,
         {
-            "setup": setup | {"prune": cfg.to_dict()},
-            "dense_ppl": dense_ppl,
-            "params_removed": removed,
+            "setup": setup | {"prune": base.prune.to_dict()},
+            "dense_ppl": base.dense_ppl,
+            "params_removed": base.removed,
             "rows": rows,
             "table": table,
         },

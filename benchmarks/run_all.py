@@ -21,14 +21,17 @@ import argparse
 import copy
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench_setup import reference_setup, write_results
+import torch
+from bench_setup import ReferenceSetup, reference_setup, write_results
 
 from qpruner import TrainConfig, finetune
 from qpruner.checkpoint import save_pruned
 from qpruner.eval.size import model_size
 from qpruner.loader import load_model
+from qpruner.lora.recover import RecoveryResult
 from qpruner.plan_sources import uniform_plan
 from qpruner.prune import PruneConfig, calibration_samples, prune_model
 from qpruner.reference import TRAIN_FILE
@@ -44,10 +47,12 @@ SEARCHED = (
     ("RankAdaptor ranks", "rankadaptor", "ranks"),
     ("joint", "joint", "joint"),
 )
+#: (row label, bits of every layer, LoftQ initialisation): the uniform recoveries
+UNIFORM = (("LoRA", 16, False), ("QLoRA NF4", 4, False), ("LoftQ NF4", 4, True))
 TASK = "wikitext_cloze"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a <= 10 minute version")
     ap.add_argument("--ratios", default="0.2,0.5")
@@ -61,30 +66,66 @@ def main() -> None:
     if args.quick:
         args.steps, args.max_eval_tokens, args.task_limit = 15, 20_000, 200
         args.search_trials, args.search_steps = 4, 3
+    return args
 
-    t_start = time.perf_counter()
-    bench = reference_setup(args.max_eval_tokens)
-    corpus, tok, dense = bench.corpus, bench.tokenizer, bench.dense
 
-    def evaluate(model) -> dict:
-        t0 = time.perf_counter()
-        scores = bench.scores(model, [TASK], args.task_limit)
-        score = scores.zeroshot[TASK]
-        return dict(
-            ppl=scores.ppl["test"].ppl,
-            task_acc=score.acc,
-            task_acc_norm=score.acc_norm,
-            task_samples=score.samples,
-            eval_seconds=time.perf_counter() - t0,
-        )
+def evaluate(bench: ReferenceSetup, model: torch.nn.Module, task_limit: int | None) -> dict:
+    """Test perplexity and the cloze task: the columns every row has."""
+    t0 = time.perf_counter()
+    scores = bench.scores(model, [TASK], task_limit)
+    score = scores.zeroshot[TASK]
+    return dict(
+        ppl=scores.ppl["test"].ppl,
+        task_acc=score.acc,
+        task_acc_norm=score.acc_norm,
+        task_samples=score.samples,
+        eval_seconds=time.perf_counter() - t0,
+    )
 
-    def recovered_row(res, method: str, ratio: float, *, t0: float, **extra) -> dict:
+
+def dense_row(bench: ReferenceSetup, task_limit: int | None) -> dict:
+    """The unpruned model's row: the reference every other row is read against."""
+    row = dict(
+        method="dense",
+        ratio=0.0,
+        **evaluate(bench, bench.dense, task_limit),
+        weight_bytes=model_size(bench.dense).weight_bytes,
+    )
+    print(f"dense: ppl {row['ppl']:.2f}, {TASK} acc {row['task_acc']:.3f}")
+    return row
+
+
+def train_config(steps: int) -> TrainConfig:
+    """The recovery recipe, the same for every recovered row."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=16,
+        micro_batch=8,
+        lr=1e-3,
+        warmup_steps=max(1, steps // 10),
+        cutoff_len=128,
+        save_every=steps,
+    )
+
+
+@dataclass
+class RunAll:
+    """What every row of the run shares: the reference set-up, scoring, recipes and a work folder."""
+
+    bench: ReferenceSetup
+    task_limit: int | None
+    train: TrainConfig
+    search_train: TrainConfig  # the recovery's batch shape (so memory is priced alike), fewer steps
+    search_trials: int
+    work: Path
+
+    def recovered_row(self, res: RecoveryResult, method: str, ratio: float, *, t0: float, **extra) -> dict:
         """A table row for a recovered model: its evaluation, weights, memory and time."""
         measured = res.measured.to_dict()
         return dict(
             method=method,
             ratio=ratio,
-            **evaluate(load_model(res.out_dir)),
+            **evaluate(self.bench, load_model(res.out_dir), self.task_limit),
             weight_bytes=measured["packed_weights"] + measured["dense_weights"],
             trainable_params=res.trainable_params,
             memory_predicted=res.predicted.total,
@@ -94,108 +135,101 @@ def main() -> None:
             wall_seconds=time.perf_counter() - t0,
         )
 
-    rows = [dict(method="dense", ratio=0.0, **evaluate(dense), weight_bytes=model_size(dense).weight_bytes)]
-    print(f"dense: ppl {rows[0]['ppl']:.2f}, {TASK} acc {rows[0]['task_acc']:.3f}")
-    train_cfg = TrainConfig(
-        steps=args.steps,
-        batch_size=16,
-        micro_batch=8,
-        lr=1e-3,
-        warmup_steps=max(1, args.steps // 10),
-        cutoff_len=128,
-        save_every=args.steps,
+
+def pruned_row(run: RunAll, ratio: float) -> tuple[dict, Path]:
+    """Prune the dense model at ``ratio`` and save it for the recoveries; its row, unrecovered."""
+    t0 = time.perf_counter()
+    cfg = PruneConfig(ratio=ratio, layer_start=1, layer_end=-1)
+    pruned = copy.deepcopy(run.bench.dense)
+    samples = calibration_samples(
+        run.bench.corpus / TRAIN_FILE, run.bench.tokenizer, cfg.n_samples, cfg.seq_len, 0
     )
-    # Search trials: the recovery's batch shape (so memory is priced alike), fewer steps.
-    search_train = trial_training(args.search_steps, micro_batch=8)
-    work = Path(tempfile.mkdtemp(prefix="run_all."))
-    for ratio in [float(r) for r in args.ratios.split(",")]:
-        t0 = time.perf_counter()
-        cfg = PruneConfig(ratio=ratio, layer_start=1, layer_end=-1)
-        pruned = copy.deepcopy(dense)
-        samples = calibration_samples(corpus / TRAIN_FILE, tok, cfg.n_samples, cfg.seq_len, 0)
-        prune_model(pruned, cfg, samples, progress=False)
-        pruned_dir = work / f"pruned-{ratio}"
-        save_pruned(pruned, pruned_dir, tok)
-        size = model_size(pruned)
-        rows.append(
-            dict(
-                method="pruned, no recovery",
-                ratio=ratio,
-                **evaluate(pruned),
-                weight_bytes=size.weight_bytes,
-                params=size.params,
-                wall_seconds=time.perf_counter() - t0,
-            )
-        )
-        del pruned
-        print(f"ratio {ratio}: pruned ppl {rows[-1]['ppl']:.2f}")
-        for method, bits, loftq in (("LoRA", 16, False), ("QLoRA NF4", 4, False), ("LoftQ NF4", 4, True)):
-            t0 = time.perf_counter()
-            plan = uniform_plan(pruned_dir, bits, 8, dtype="fp32")
-            res = finetune(
-                pruned_dir,
-                corpus / TRAIN_FILE,
-                work / f"{method}-{ratio}".replace(" ", "_"),
-                plan=plan,
-                train_config=train_cfg,
-                loftq=loftq,
-                export=False,
-                progress=False,
-            )
-            rows.append(recovered_row(res, method, ratio, t0=t0))
-            r = rows[-1]
-            print(f"  {method}: ppl {r['ppl']:.2f}, acc {r['task_acc']:.3f}, {r['wall_seconds']:.0f}s")
-        budget = next(r for r in rows if r["method"] == "QLoRA NF4" and r["ratio"] == ratio)[
-            "memory_predicted"
-        ]
-        for label, method, space in SEARCHED:
-            t0 = time.perf_counter()
-            scfg = SearchConfig(
-                method=method,
-                memory_budget=budget,
-                space=space,
-                bits=(2, 3, 4, 8),
-                ranks=(2, 4, 8, 16),
-                trials=args.search_trials,
-                train=search_train,
-                dtype="fp32",
-                train_data=str(corpus / TRAIN_FILE),
-                eval_data=str(corpus / TRAIN_FILE),
-                calib_data=str(corpus / TRAIN_FILE),
-            )
-            found = search_model(
-                pruned_dir, scfg, work / f"search-{method}-{ratio}", progress=False, log=print
-            )
-            searched = time.perf_counter() - t0
-            res = finetune(
-                pruned_dir,
-                corpus / TRAIN_FILE,
-                work / f"{method}-{ratio}",
-                plan=found.plan,
-                train_config=train_cfg,
-                export=False,
-                progress=False,
-            )
-            rows.append(
-                recovered_row(
-                    res,
-                    label,
-                    ratio,
-                    t0=t0,
-                    budget=budget,
-                    bits=[round(b, 2) for b in res.plan.bits_per_layer()],
-                    ranks=[lp.lora_rank for lp in res.plan.layers],
-                    search_trials=count(found.summary.records, Status.EVALUATED),
-                    search_seconds=searched,
-                )
-            )
-            r = rows[-1]
-            seconds = r["wall_seconds"]
-            print(f"  {label}: ppl {r['ppl']:.2f}, bits {r['bits']}, ranks {r['ranks']}, {seconds:.0f}s")
+    prune_model(pruned, cfg, samples, progress=False)
+    pruned_dir = run.work / f"pruned-{ratio}"
+    save_pruned(pruned, pruned_dir, run.bench.tokenizer)
+    size = model_size(pruned)
+    row = dict(
+        method="pruned, no recovery",
+        ratio=ratio,
+        **evaluate(run.bench, pruned, run.task_limit),
+        weight_bytes=size.weight_bytes,
+        params=size.params,
+        wall_seconds=time.perf_counter() - t0,
+    )
+    return row, pruned_dir
 
-    def mib(x) -> str:
-        return "" if x is None else f"{x / 2**20:.2f}"
 
+def uniform_row(run: RunAll, ratio: float, pruned_dir: Path, *, method: str, bits: int, loftq: bool) -> dict:
+    """One uniform recovery (every layer at ``bits``, rank 8): the baselines the searches must beat."""
+    t0 = time.perf_counter()
+    plan = uniform_plan(pruned_dir, bits, 8, dtype="fp32")
+    res = finetune(
+        pruned_dir,
+        run.bench.corpus / TRAIN_FILE,
+        run.work / f"{method}-{ratio}".replace(" ", "_"),
+        plan=plan,
+        train_config=run.train,
+        loftq=loftq,
+        export=False,
+        progress=False,
+    )
+    r = run.recovered_row(res, method, ratio, t0=t0)
+    print(f"  {method}: ppl {r['ppl']:.2f}, acc {r['task_acc']:.3f}, {r['wall_seconds']:.0f}s")
+    return r
+
+
+def searched_row(
+    run: RunAll, ratio: float, pruned_dir: Path, *, label: str, method: str, space: str, budget: int
+) -> dict:
+    """Search a plan under ``budget`` (selecting on the recovery text), then recover it like the rest."""
+    t0 = time.perf_counter()
+    corpus = run.bench.corpus
+    scfg = SearchConfig(
+        method=method,
+        memory_budget=budget,
+        space=space,
+        bits=(2, 3, 4, 8),
+        ranks=(2, 4, 8, 16),
+        trials=run.search_trials,
+        train=run.search_train,
+        dtype="fp32",
+        train_data=str(corpus / TRAIN_FILE),
+        eval_data=str(corpus / TRAIN_FILE),
+        calib_data=str(corpus / TRAIN_FILE),
+    )
+    found = search_model(pruned_dir, scfg, run.work / f"search-{method}-{ratio}", progress=False, log=print)
+    searched = time.perf_counter() - t0
+    res = finetune(
+        pruned_dir,
+        corpus / TRAIN_FILE,
+        run.work / f"{method}-{ratio}",
+        plan=found.plan,
+        train_config=run.train,
+        export=False,
+        progress=False,
+    )
+    r = run.recovered_row(
+        res,
+        label,
+        ratio,
+        t0=t0,
+        budget=budget,
+        bits=[round(b, 2) for b in res.plan.bits_per_layer()],
+        ranks=[lp.lora_rank for lp in res.plan.layers],
+        search_trials=count(found.summary.records, Status.EVALUATED),
+        search_seconds=searched,
+    )
+    print(f"  {label}: ppl {r['ppl']:.2f}, bits {r['bits']}, ranks {r['ranks']}, {r['wall_seconds']:.0f}s")
+    return r
+
+
+def _mib(x: float | None) -> str:
+    """Bytes as MiB; blank where a row has no such figure (the dense and pruned rows' memory)."""
+    return "" if x is None else f"{x / 2**20:.2f}"
+
+
+def results_table(rows: list[dict]) -> list[str]:
+    """The Markdown table; rows without fine-tuning (dense, pruned) leave the memory cells empty."""
     table = [
         f"| ratio | method | test ppl | {TASK} acc / acc_norm | FT memory pred / meas MiB | weight MiB "
         "| trainable | wall s |",
@@ -204,13 +238,44 @@ def main() -> None:
     for r in rows:
         mem = ""
         if "memory_predicted" in r:
-            mem = f"{mib(r['memory_predicted'])} / {mib(r['memory_measured'])}"
+            mem = f"{_mib(r['memory_predicted'])} / {_mib(r['memory_measured'])}"
         table.append(
             f"| {r['ratio']:.1f} | {r['method']} | {r['ppl']:.2f} "
             f"| {r['task_acc']:.3f} / {r['task_acc_norm']:.3f} "
-            f"| {mem} | {mib(r['weight_bytes'])} | {r.get('trainable_params', 0):,} "
+            f"| {mem} | {_mib(r['weight_bytes'])} | {r.get('trainable_params', 0):,} "
             f"| {r.get('wall_seconds', 0):.0f} |"
         )
+    return table
+
+
+def main() -> None:
+    args = parse_args()
+    t_start = time.perf_counter()
+    bench = reference_setup(args.max_eval_tokens)
+    rows = [dense_row(bench, args.task_limit)]
+    run = RunAll(
+        bench,
+        args.task_limit,
+        train_config(args.steps),
+        trial_training(args.search_steps, micro_batch=8),
+        args.search_trials,
+        Path(tempfile.mkdtemp(prefix="run_all.")),
+    )
+    for ratio in [float(r) for r in args.ratios.split(",")]:
+        row, pruned_dir = pruned_row(run, ratio)
+        rows.append(row)
+        print(f"ratio {ratio}: pruned ppl {row['ppl']:.2f}")
+        for method, bits, loftq in UNIFORM:
+            rows.append(uniform_row(run, ratio, pruned_dir, method=method, bits=bits, loftq=loftq))
+        # The first QLoRA NF4 row at this ratio prices the searches' budget: equal memory.
+        budget = next(r for r in rows if r["method"] == "QLoRA NF4" and r["ratio"] == ratio)[
+            "memory_predicted"
+        ]
+        for label, method, space in SEARCHED:
+            rows.append(
+                searched_row(run, ratio, pruned_dir, label=label, method=method, space=space, budget=budget)
+            )
+    table = results_table(rows)
     print("\n".join(table))
     total = time.perf_counter() - t_start
     print(f"total {total / 60:.1f} min")
@@ -220,7 +285,7 @@ def main() -> None:
         {
             "setup": {
                 **{k: v for k, v in vars(args).items() if k != "out"},
-                "train": train_cfg.__dict__,
+                "train": run.train.__dict__,
                 "layers_pruned": [1, -1],
             },
             "rows": rows,

@@ -22,9 +22,10 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench_setup import reference_setup, write_results
+from bench_setup import ReferenceSetup, reference_setup, write_results
 
 from qpruner.prune import PruneConfig
 from qpruner.prune.workflow import prune_checkpoint
@@ -33,9 +34,10 @@ from qpruner.search.evaluator import Evaluation, FinetuneEvaluator
 from qpruner.search.from_model import SearchConfig, build_space, importance_source
 from qpruner.search.pareto import hypervolume
 from qpruner.search.recipe import trial_training
-from qpruner.search.records import evaluated
+from qpruner.search.records import TrialRecord, evaluated
 from qpruner.search.run import run_search
 from qpruner.search.search_run import SearchRun
+from qpruner.search.space import SearchSpace
 
 RESULTS = Path(__file__).parent / "results" / "search_bench.json"
 #: (label, method, space)
@@ -68,7 +70,7 @@ class CachedEvaluator:
         return self.cache[key]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--trials", type=int, default=12, help="evaluated plans per method")
@@ -84,8 +86,68 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.trials, args.large, args.steps = 6, 12, 5
-    t_start = time.perf_counter()
-    bench = reference_setup(args.eval_tokens)
+    return args
+
+
+@dataclass
+class SearchBench:
+    """What every search shares, so all of them meet the same plans, budget and evaluator."""
+
+    pruned: Path
+    cfg: SearchConfig
+    evaluator: CachedEvaluator
+    budget: int
+    importance: list[float]
+    work: Path
+
+    def search(self, label: str, method: str, *, space: str, trials: int, seed: int = 0) -> dict:
+        """One method's study: its evaluated trials in order, as the scoring reads them."""
+        searched = build_space(
+            self.pruned, SearchConfig(**{**self.cfg.__dict__, "space": space, "method": method})
+        )
+        run = SearchRun(
+            space=searched,
+            evaluator=self.evaluator,
+            budget=self.budget,
+            storage=f"sqlite:///{self.work / 'studies.db'}",
+            method=method,
+            trials=trials,
+            study_name=label.replace(" ", "_"),
+            seed=seed,
+            options={"importance": self.importance} if method in ("qpruner", "joint") else {},
+        )
+        t0, before = time.perf_counter(), self.evaluator.trained
+        res = run_search(run, progress=False, log=print)
+        recs = sorted(evaluated(res.summary.records), key=lambda r: r.number)
+        print(
+            f"  {label}: best {min(r.error for r in recs):.3f} after {len(recs)} evaluations "
+            f"({time.perf_counter() - t0:.0f}s, {self.evaluator.trained - before} trained)"
+        )
+        return {
+            "label": label,
+            "method": method,
+            "space": space,
+            "seconds": time.perf_counter() - t0,
+            "trials": [_trial(r, searched) for r in recs],
+            "stopped_early": res.stopped_early,
+        }
+
+
+def _trial(r: TrialRecord, space: SearchSpace) -> dict:
+    """A trial record as the results JSON keeps it: errors, memory, who proposed it, its plan."""
+    return {
+        "error": r.error,
+        "memory_predicted": r.memory_predicted,
+        "memory_measured": r.memory_measured,
+        "proposed_by": r.proposed_by,
+        "predicted_error": r.predicted_error,
+        "bits": space.layer_bits(r.params),
+        "ranks": space.layer_ranks(r.params),
+    }
+
+
+def prepare(args: argparse.Namespace, bench: ReferenceSetup) -> SearchBench:
+    """Prune once, then fix the budget (uniform NF4's memory) and the layer importance for all."""
     work = Path(tempfile.mkdtemp(prefix="search_bench."))
     pruned = work / "pruned"
     prune_checkpoint(
@@ -118,88 +180,46 @@ def main() -> None:
     print(f"budget: {budget / 2**20:.2f} MiB (uniform NF4, rank 8); {nf4.num_layers} layers")
     importance = importance_source(pruned, cfg, "fp32", device="cpu")()
     print("layer importance (MI):", [round(x, 4) for x in importance])
+    return SearchBench(pruned, cfg, evaluator, budget, importance, work)
 
-    def search(label: str, method: str, space_name: str, *, trials: int, seed: int = 0) -> dict:
-        space = build_space(pruned, SearchConfig(**{**cfg.__dict__, "space": space_name, "method": method}))
-        run = SearchRun(
-            space=space,
-            evaluator=evaluator,
-            budget=budget,
-            storage=f"sqlite:///{work / 'studies.db'}",
-            method=method,
-            trials=trials,
-            study_name=label.replace(" ", "_"),
-            seed=seed,
-            options={"importance": importance} if method in ("qpruner", "joint") else {},
-        )
-        t0, before = time.perf_counter(), evaluator.trained
-        res = run_search(run, progress=False, log=print)
-        recs = sorted(evaluated(res.summary.records), key=lambda r: r.number)
-        print(
-            f"  {label}: best {min(r.error for r in recs):.3f} after {len(recs)} evaluations "
-            f"({time.perf_counter() - t0:.0f}s, {evaluator.trained - before} trained)"
-        )
-        return {
-            "label": label,
-            "method": method,
-            "space": space_name,
-            "seconds": time.perf_counter() - t0,
-            "trials": [
-                {
-                    "error": r.error,
-                    "memory_predicted": r.memory_predicted,
-                    "memory_measured": r.memory_measured,
-                    "proposed_by": r.proposed_by,
-                    "predicted_error": r.predicted_error,
-                    "bits": space.layer_bits(r.params),
-                    "ranks": space.layer_ranks(r.params),
-                }
-                for r in recs
-            ],
-            "stopped_early": res.stopped_early,
-        }
 
-    # The reference search draws with its own seed, so the random baseline is not its prefix.
-    large = {
-        s: search(f"large random ({s})", "random", s, trials=args.large, seed=1000)
-        for s in ("bits", "ranks", "joint")
+def _evals_to(trials: list[dict], target: float) -> int | None:
+    """How many evaluations the running best needed to reach ``target`` (None: never)."""
+    best_so_far = float("inf")
+    for i, t in enumerate(trials, 1):
+        best_so_far = min(best_so_far, t["error"])
+        if best_so_far <= target:
+            return i
+    return None
+
+
+def score(run: dict, runs: list[dict], large: dict[str, dict], *, budget: int) -> dict:
+    """One method against the large random search of its space: best, hypervolume, evaluations."""
+    ref_trials = large[run["space"]]["trials"]
+    target = min(t["error"] for t in ref_trials)
+    worst = max(
+        t["error"] for r in [*runs, large[run["space"]]] if r["space"] == run["space"] for t in r["trials"]
+    )
+    ref = (worst * 1.001, float(budget))
+    pts = [(t["error"], float(t["memory_predicted"])) for t in run["trials"]]
+    return {
+        "label": run["label"],
+        "space": run["space"],
+        "best_ppl": min(p[0] for p in pts),
+        "hypervolume": hypervolume(pts, ref),
+        "large_random_hypervolume": hypervolume(
+            [(t["error"], float(t["memory_predicted"])) for t in ref_trials], ref
+        ),
+        "large_random_best": target,
+        "evals_to_1pct": _evals_to(run["trials"], 1.01 * target),
+        "evals_to_0.1pct": _evals_to(run["trials"], 1.001 * target),
+        "evaluations": len(pts),
+        "seconds": run["seconds"],
     }
-    runs = [search(label, m, s, trials=args.trials) for label, m, s in RUNS]
-    rows = []
-    for run in runs:
-        ref_trials = large[run["space"]]["trials"]
-        target = min(t["error"] for t in ref_trials)
-        worst = max(
-            t["error"]
-            for r in [*runs, large[run["space"]]]
-            if r["space"] == run["space"]
-            for t in r["trials"]
-        )
-        ref = (worst * 1.001, float(budget))
-        pts = [(t["error"], float(t["memory_predicted"])) for t in run["trials"]]
-        best_so_far, hit, hit_fine = float("inf"), None, None
-        for i, t in enumerate(run["trials"], 1):
-            best_so_far = min(best_so_far, t["error"])
-            if hit is None and best_so_far <= 1.01 * target:
-                hit = i
-            if hit_fine is None and best_so_far <= 1.001 * target:
-                hit_fine = i
-        rows.append(
-            {
-                "label": run["label"],
-                "space": run["space"],
-                "best_ppl": min(p[0] for p in pts),
-                "hypervolume": hypervolume(pts, ref),
-                "large_random_hypervolume": hypervolume(
-                    [(t["error"], float(t["memory_predicted"])) for t in ref_trials], ref
-                ),
-                "large_random_best": target,
-                "evals_to_1pct": hit,
-                "evals_to_0.1pct": hit_fine,
-                "evaluations": len(pts),
-                "seconds": run["seconds"],
-            }
-        )
+
+
+def search_table(rows: list[dict], large: int) -> list[str]:
+    """The Markdown table; ``large`` is the size of the random search each row is measured against."""
     table = [
         "| method | space | best ppl within budget | hypervolume (large random) "
         "| evals to ≤1 % / ≤0.1 % of large-random best | evaluations | wall s |",
@@ -211,22 +231,38 @@ def main() -> None:
             for k in ("evals_to_1pct", "evals_to_0.1pct")
         ]
         table.append(
-            f"| {r['label']} | {r['space']} | {r['best_ppl']:.3f} (random {args.large}: "
+            f"| {r['label']} | {r['space']} | {r['best_ppl']:.3f} (random {large}: "
             f"{r['large_random_best']:.3f}) | {r['hypervolume']:.4g} ({r['large_random_hypervolume']:.4g}) "
             f"| {hits[0]} / {hits[1]} | {r['evaluations']} | {r['seconds']:.0f} |"
         )
+    return table
+
+
+def main() -> None:
+    args = parse_args()
+    t_start = time.perf_counter()
+    bench = reference_setup(args.eval_tokens)
+    sb = prepare(args, bench)
+    # The reference search draws with its own seed, so the random baseline is not its prefix.
+    large = {
+        s: sb.search(f"large random ({s})", "random", space=s, trials=args.large, seed=1000)
+        for s in ("bits", "ranks", "joint")
+    }
+    runs = [sb.search(label, m, space=s, trials=args.trials) for label, m, s in RUNS]
+    rows = [score(run, runs, large, budget=sb.budget) for run in runs]
+    table = search_table(rows, args.large)
     print("\n".join(table))
     write_results(
         args.out,
         bench,
         {
             "args": vars(args),
-            "budget": budget,
-            "importance": importance,
+            "budget": sb.budget,
+            "importance": sb.importance,
             "rows": rows,
             "runs": runs,
             "large_random": large,
-            "plans_trained": evaluator.trained,
+            "plans_trained": sb.evaluator.trained,
             "wall_seconds": time.perf_counter() - t_start,
             "table": table,
         },

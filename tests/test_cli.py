@@ -2,6 +2,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +19,11 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-def test_prune_then_eval_end_to_end(model_dir, text_file, tmp_path, capsys):
-    out = tmp_path / "pruned"
+def _prune_by_taylor(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, text_file: Path, *, out: Path
+) -> None:
+    """Prune layers 1-4 of ``model_dir`` at ratio 0.5 by Taylor scores through the CLI, as a user
+    would, so that the checks after it test what a user gets."""
     rc, stdout, err = run(
         capsys,
         "prune",
@@ -45,6 +49,14 @@ def test_prune_then_eval_end_to_end(model_dir, text_file, tmp_path, capsys):
     )
     assert rc == 0, err
     assert "params:" in stdout and "saved to" in stdout
+
+
+def _check_pruned_equals_masked_original(out: Path, model_dir: Path) -> dict:
+    """Slicing must only remove: the saved model computes what the original does with the removed
+    structures zeroed. Returns the pruning record, which the evaluation is checked against."""
+    from qpruner.architecture import LayerShape
+    from qpruner.prune.pruner import LayerPruning
+
     model = qpruner.load_pruned(out)
     assert [s.num_key_value_heads for s in layer_shapes(model)] == [2, 1, 1, 1, 1, 2]
     record = json.loads((out / "pruning.json").read_text())
@@ -52,9 +64,6 @@ def test_prune_then_eval_end_to_end(model_dir, text_file, tmp_path, capsys):
     # the saved model equals the original with the removed structures zeroed
     original = qpruner.load_model(model_dir)
     pr = qpruner.PruneResult(**{**record, "layers": []})
-    from qpruner.architecture import LayerShape
-    from qpruner.prune.pruner import LayerPruning
-
     pr.layers = [
         LayerPruning(**{**lp, "before": LayerShape(**lp["before"]), "after": LayerShape(**lp["after"])})
         for lp in record["layers"]
@@ -62,8 +71,13 @@ def test_prune_then_eval_end_to_end(model_dir, text_file, tmp_path, capsys):
     x = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():
         assert torch.allclose(model(x).logits, mask_like(original, pr)(x).logits, atol=1e-5)
+    return record
 
-    report = tmp_path / "r.json"
+
+def _check_eval_of_pruned(
+    capsys: pytest.CaptureFixture[str], out: Path, text_file: Path, *, record: dict, report: Path
+) -> None:
+    """``eval`` must load the pruned checkpoint and size it as ``prune`` recorded it."""
     rc, stdout, err = run(
         capsys,
         "eval",
@@ -84,6 +98,13 @@ def test_prune_then_eval_end_to_end(model_dir, text_file, tmp_path, capsys):
     assert 1 < ppl < 10 * VOCAB
     assert data["size"]["params"] == record["params_after"]
     assert data["size"]["weight_bytes"] == 4 * record["params_after"]  # fp32, untied
+
+
+def test_prune_then_eval_end_to_end(model_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    _prune_by_taylor(capsys, model_dir, text_file, out=out)
+    record = _check_pruned_equals_masked_original(out, model_dir)
+    _check_eval_of_pruned(capsys, out, text_file, record=record, report=tmp_path / "r.json")
 
 
 @pytest.mark.parametrize(

@@ -87,33 +87,47 @@ def _select(
     return q, kv, _top(channels, target.keep_channels)
 
 
-def prune_model(
-    model: nn.Module,
-    config: PruneConfig,
-    samples: torch.Tensor | None = None,
-    progress: bool = True,
-) -> PruneResult:
-    """Prune ``model`` in place per ``config``; ``samples`` ([N, L] token ids) feed Taylor methods."""
-    check_supported(model)
-    t0 = time.perf_counter()
-    size_before = model_size(model)
-    shapes = layer_shapes(model)
-    targets = layer_targets(config, shapes)
-    todo = [
+def _layers_to_prune(targets: list[LayerTarget], shapes: list[LayerShape]) -> list[int]:
+    """Layers whose target differs from their shape: only these are scored, so a layer kept
+    whole costs no gradient pass and consumes no random scores."""
+    return [
         t.layer
         for t, s in zip(targets, shapes, strict=True)
         if (t.keep_heads, t.keep_kv_heads, t.keep_channels)
         != (s.num_attention_heads, s.num_key_value_heads, s.intermediate_size)
     ]
-    if config.needs_gradients and todo and samples is None:
-        raise QPrunerError(f"importance {config.importance!r} needs calibration data (--calib-data)")
-    layers = decoder_layers(model)
+
+
+def _kept_whole(layer: int, shape: LayerShape) -> LayerPruning:
+    """The record of a layer left as it was, so every layer has one and they all read alike."""
+    return LayerPruning(
+        layer,
+        list(range(shape.num_attention_heads)),
+        list(range(shape.num_key_value_heads)),
+        list(range(shape.intermediate_size)),
+        shape,
+        shape,
+    )
+
+
+def _choose_units(
+    model: nn.Module,
+    layers: nn.ModuleList,
+    todo: list[int],
+    *,
+    config: PruneConfig,
+    targets: list[LayerTarget],
+    samples: torch.Tensor | None,
+    bar: tqdm,
+    progress: bool,
+) -> dict[int, tuple[list[int], list[int], list[int]]]:
+    """Kept (query heads, KV heads, channels) of each layer in ``todo``, on the unpruned model.
+
+    Gradients are held for one chunk of layers at a time (memory); one generator runs through
+    ``todo`` in order across the chunks, so the chunking does not change the random scores.
+    """
     gen = torch.Generator().manual_seed(config.seed)
     chunk = config.grad_chunk_layers or default_grad_chunk(config.importance, len(todo))
-    results: dict[int, LayerPruning] = {}
-    bar = tqdm(total=len(todo), desc=f"score ({config.importance})", unit="layer", disable=not progress)
-    # Score every layer on the unpruned model first (only the small score vectors are kept),
-    # so that scoring in chunks gives exactly what one pass would.
     chosen = {}
     for c in range(0, len(todo), chunk):
         part = todo[c : c + chunk]
@@ -135,22 +149,55 @@ def prune_model(
             chosen[i] = _select(layers[i], targets[i], mode, heads, channels)
             bar.update(1)
         del grads
+    return chosen
+
+
+def _prune_layers(
+    model: nn.Module,
+    config: PruneConfig,
+    todo: list[int],
+    *,
+    targets: list[LayerTarget],
+    samples: torch.Tensor | None,
+    progress: bool,
+) -> dict[int, LayerPruning]:
+    """Slice the layers in ``todo``, having scored every one of them on the unpruned model first
+    (only the small score vectors are kept), so that scoring in chunks gives exactly what one
+    pass would."""
+    layers = decoder_layers(model)
+    bar = tqdm(total=len(todo), desc=f"score ({config.importance})", unit="layer", disable=not progress)
+    chosen = _choose_units(
+        model, layers, todo, config=config, targets=targets, samples=samples, bar=bar, progress=progress
+    )
+    results: dict[int, LayerPruning] = {}
     for i in todo:
         q, kv, ch = chosen[i]
         before = layer_shape(layers[i])
         slice_layer(layers[i], q, kv, ch)
         results[i] = LayerPruning(i, q, kv, ch, before, layer_shape(layers[i]))
     bar.close()
+    return results
+
+
+def prune_model(
+    model: nn.Module,
+    config: PruneConfig,
+    samples: torch.Tensor | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` in place per ``config``; ``samples`` ([N, L] token ids) feed Taylor methods."""
+    check_supported(model)
+    t0 = time.perf_counter()
+    size_before = model_size(model)
+    shapes = layer_shapes(model)
+    targets = layer_targets(config, shapes)
+    todo = _layers_to_prune(targets, shapes)
+    if config.needs_gradients and todo and samples is None:
+        raise QPrunerError(f"importance {config.importance!r} needs calibration data (--calib-data)")
+    results = _prune_layers(model, config, todo, targets=targets, samples=samples, progress=progress)
     for i, s in enumerate(shapes):
         if i not in results:
-            results[i] = LayerPruning(
-                i,
-                list(range(s.num_attention_heads)),
-                list(range(s.num_key_value_heads)),
-                list(range(s.intermediate_size)),
-                s,
-                s,
-            )
+            results[i] = _kept_whole(i, s)
     size_after = model_size(model)
     return PruneResult(
         config,

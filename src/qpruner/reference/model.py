@@ -22,16 +22,18 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from qpruner.architecture import model_device
 from qpruner.atomic_dir import replace_dir
 from qpruner.data_sources import load_tokens, shared_data_candidates
 from qpruner.errors import QPrunerError
 from qpruner.reference.corpus import describe_corpus, write_pydoc_corpus
+from qpruner.reference.training import deterministic_algorithms, train_fresh_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Bump when the training recipe or the saved layout changes, so old cache entries are not reused.
 FORMAT_VERSION = 1
@@ -200,90 +202,6 @@ def unigram_ppl(train_ids: torch.Tensor, test_ids: torch.Tensor, vocab_size: int
     return math.exp(-logp[test_ids[1:]].mean().item())
 
 
-def _batches(ids: torch.Tensor, cfg: ReferenceConfig, gen: torch.Generator):
-    """Endless (inputs, targets) batches: each epoch cuts the token stream at a new random offset
-    into ``seq_len + 1`` windows and shuffles them, so the data order depends only on the seed."""
-    span = cfg.seq_len + 1
-    if ids.numel() < span + cfg.seq_len:
-        raise QPrunerError(f"training text too short: {ids.numel()} tokens for seq_len={cfg.seq_len}")
-    while True:
-        offset = int(torch.randint(0, cfg.seq_len, (1,), generator=gen))
-        n = (ids.numel() - offset) // span
-        rows = ids[offset : offset + n * span].view(n, span)
-        order = torch.randperm(n, generator=gen)
-        bs = min(cfg.batch_size, n)
-        for i in range(0, n - bs + 1, bs):
-            batch = rows[order[i : i + bs]]
-            yield batch[:, :-1], batch[:, 1:]
-
-
-def _lr_factor(step: int, cfg: ReferenceConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-def _make_model(cfg: ReferenceConfig, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    same = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    same += ("num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")
-    mcfg = LlamaConfig(
-        vocab_size=len(tokenizer),  # may be below cfg.vocab_size when the corpus is tiny
-        **{name: getattr(cfg, name) for name in same},
-        rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(mcfg)
-
-
-def _train(model, ids: torch.Tensor, cfg: ReferenceConfig, progress: bool) -> tuple[float, float, int]:
-    """AdamW (no decay on norms) with warm-up + cosine; returns (seconds, smoothed final loss, tokens)."""
-    device = model_device(model)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data = _batches(ids, cfg, gen)
-    model.train()
-    smooth = float("nan")
-    start = time.perf_counter()
-    tokens = 0
-    bar = tqdm(total=cfg.steps, desc="train reference", unit="step", disable=not progress)
-    try:
-        for step in range(cfg.steps):
-            x, y = next(data)
-            x, y = x.to(device), y.to(device)
-            logits = model(input_ids=x, use_cache=False).logits
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"reference training diverged at step {step} (loss {loss.item()})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            tokens += x.numel()
-            value = loss.item()
-            smooth = value if step == 0 else 0.95 * smooth + 0.05 * value
-            bar.set_postfix(loss=f"{smooth:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-            bar.update(1)
-    finally:
-        bar.close()
-    model.eval()
-    return time.perf_counter() - start, smooth, tokens
-
-
 def _load_cached(path: Path) -> ReferenceResult | None:
     """The entry at ``path`` if it is complete, else None (it will be rebuilt and replaced)."""
     try:
@@ -296,6 +214,18 @@ def _load_cached(path: Path) -> ReferenceResult | None:
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         return None
     return result
+
+
+def _tokenized(
+    corpus: Path, cfg: ReferenceConfig
+) -> tuple[PreTrainedTokenizerFast, torch.Tensor, torch.Tensor]:
+    """A tokenizer trained on the training split alone (the test split stays unseen), and both
+    splits in its token ids."""
+    train_text = (corpus / TRAIN_FILE).read_text(encoding="utf-8")
+    tokenizer = train_tokenizer(train_text, cfg.vocab_size, cfg.max_position_embeddings)
+    train_ids = load_tokens(corpus / TRAIN_FILE, tokenizer)
+    test_ids = load_tokens(corpus / TEST_FILE, tokenizer)
+    return tokenizer, train_ids, test_ids
 
 
 def build_reference(
@@ -320,19 +250,12 @@ def build_reference(
         return hit
 
     t0 = time.perf_counter()
-    train_text = (corpus / TRAIN_FILE).read_text(encoding="utf-8")
-    tokenizer = train_tokenizer(train_text, cfg.vocab_size, cfg.max_position_embeddings)
-    train_ids = load_tokens(corpus / TRAIN_FILE, tokenizer)
-    test_ids = load_tokens(corpus / TEST_FILE, tokenizer)
-
+    tokenizer, train_ids, test_ids = _tokenized(corpus, cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):  # seed init without disturbing the caller's RNG
-            torch.manual_seed(cfg.seed)
-            model = _make_model(cfg, tokenizer).to(device=device, dtype=torch.float32)
-        train_seconds, final_loss, tokens = _train(model, train_ids, cfg, progress)
+    with deterministic_algorithms():
+        model, (train_seconds, final_loss, tokens) = train_fresh_model(
+            cfg, tokenizer, train_ids, device=device, progress=progress
+        )
         res = perplexity(
             model,
             test_ids,
@@ -341,8 +264,6 @@ def build_reference(
             batch_size=cfg.eval_batch_size,
             progress=progress,
         )
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
 
     vocab = len(tokenizer)
     result = ReferenceResult(
