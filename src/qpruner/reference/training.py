@@ -20,12 +20,11 @@ from tqdm.auto import tqdm
 
 from qpruner.architecture import model_device
 from qpruner.errors import QPrunerError
+from qpruner.reference.config import ReferenceConfig
 
-if TYPE_CHECKING:  # model.py imports this module; the config is only named in hints here
+if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerFast
-
-    from qpruner.reference.model import ReferenceConfig
 
 
 def _batches(ids: torch.Tensor, cfg: ReferenceConfig, gen: torch.Generator):
