@@ -14,8 +14,8 @@ float32) and ``h``/``q``/``kv``/``i`` the hidden/query/key-value/intermediate wi
 * each LoRA module on an input of width ``d``: under bf16 a 1-byte dropout mask and the
   dropout output in ``c`` (:class:`qpruner.compute.MaskDropout`); in float32 torch's
   dropout noise and output, ``8 d``; plus lora_B's rank-wide input;
-* packed modules that keep their input (int8, hqq: :func:`qpruner.quant.registry.kept_input`):
-  one copy per shared input (q/k/v share one, gate/up one) in ``c``;
+* nothing for packed modules: they train through :class:`qpruner.quant.frozen_matmul.FrozenMatmul`,
+  which keeps none of their input (the libraries' own int8 and hqq paths kept it);
 * under bf16 autocast every float32 weight's bf16 copy, kept for the input gradient.
 
 The loss adds, at the end of the forward: the final hidden states and, chunked
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from qpruner.architecture import LayerShape
 from qpruner.plan import DENSE_FORMATS, LayerPlan, Plan, is_packed
-from qpruner.quant.registry import dequant_bytes, kept_input
+from qpruner.quant.registry import dequant_bytes
 
 _GROUPS = {  # modules sharing one input
     "self_attn.q_proj": "qkv", "self_attn.k_proj": "qkv", "self_attn.v_proj": "qkv",
@@ -66,16 +66,13 @@ def layer_bytes(
     wbytes: int,
     attn: int = 4,
     first: bool = False,
-) -> tuple[int, int, int, int]:
-    """(bytes per token, bytes independent of tokens, pinned bytes per token, MLP inputs per
-    token) one layer keeps.
+) -> tuple[int, int, int]:
+    """(bytes per token, bytes independent of tokens, MLP inputs per token) one layer keeps.
 
     ``dims``: ``{module: (out, in, bias)}``; ``wbytes``: the plan dtype's size; ``first``: the
     first layer without checkpointing, whose input needs no gradient (nothing is kept for
-    one). Pinned: inputs packed modules keep outside autograd's saved tensors (int8's
-    ``ctx.A``), which activation checkpointing cannot drop. MLP inputs: the inputs packed
-    MLP modules keep, gone once the MLP's backward has run (before attention's, where a
-    recomputed layer peaks).
+    one). MLP inputs: the inputs LoRA's MLP modules keep (no dropout), gone once the MLP's
+    backward has run (before attention's, where a recomputed layer peaks).
     """
     h = dims["mlp.gate_proj"][1]
     q, kv, i = dims["self_attn.q_proj"][0], dims["self_attn.k_proj"][0], shape.intermediate_size
@@ -85,7 +82,7 @@ def layer_bytes(
     per_token = (4 * h + 4) * (1 if first else 2) + 2 * attn * (q + kv) + 4 * shape.num_attention_heads
     per_token += 3 * act * i
     fixed = 0
-    kept: dict[str, bool] = {}  # group -> pinned (outside saved tensors)
+    kept: set[str] = set()  # groups whose shared input a LoRA module keeps
     for module, (out_f, in_f, _bias) in dims.items():
         fmt, group = lp.format_of(module), _GROUPS[module]
         no_grad_input = first and group == "qkv"
@@ -98,22 +95,18 @@ def layer_bytes(
             elif autocast and group in ("qkv", "gate_up"):
                 per_token += c * in_f  # lora_A's autocast copy of its float32 input
             else:
-                kept.setdefault(group, False)  # lora_A keeps the group's input itself
+                kept.add(group)  # lora_A keeps the group's input itself
             per_token += (c if autocast else 4) * r
             fixed += c * r * (in_f + out_f) if autocast else 0  # adapters' bf16 copies
-        if is_packed(fmt) and kept_input(fmt):
-            kept[group] = kept.get(group, False) or kept_input(fmt) == "pinned"
-        elif autocast and not is_packed(fmt) and DENSE_FORMATS[fmt] // 8 != c:
+        if autocast and not is_packed(fmt) and DENSE_FORMATS[fmt] // 8 != c:
             fixed += c * in_f * out_f  # autocast's copy of a float32 weight
-    pinned = mlp_inputs = 0
-    for group, pin in kept.items():
+    mlp_inputs = 0
+    for group in kept:
         size = (c if autocast else act) * width[group]
-        # Without autocast o_proj's input is the output attention keeps anyway (not under
-        # checkpointing, where only pinned inputs stay).
+        # Without autocast o_proj's input is the output attention keeps anyway.
         per_token += 0 if (group == "o" and not autocast) else size
-        pinned += size if pin else 0
         mlp_inputs += size if group in ("gate_up", "down") else 0
-    return per_token, fixed, pinned, mlp_inputs
+    return per_token, fixed, mlp_inputs
 
 
 def dequant_peak(dims: dict, lp: LayerPlan, *, c: int, wbytes: int) -> int:
@@ -161,20 +154,19 @@ def step_bytes(
     :func:`dequant_peak`.
     """
     t, h, c = step.tokens, config["hidden_size"], step.compute_bytes
-    per_layer = [pt * t + fixed for pt, fixed, _, _ in layers]
+    per_layer = [pt * t + fixed for pt, fixed, _ in layers]
     a, b = _TRANSIENT[(4 if c >= 4 else 2, step.checkpointing)]
     # A layer's worst moment: its activation transients, or one packed weight's dequantization.
     transient = max(t * (a * h + b * config["widest"]), dequant)
     final_norm = (4 * h + 4) * t
     if step.checkpointing:
-        kept = sum(t * (h * wbytes + pinned) for _, _, pinned, _ in layers) + final_norm
         n = len(layers)
+        kept = n * t * h * wbytes + final_norm  # each layer's input
         # Backward recomputes one layer at a time, last first: its kept input goes, the LoRA
-        # gradients of the layers above it have come (pinned inputs stay until the graph
-        # goes). Both linear in depth: an end is worst.
+        # gradients of the layers above it have come. Both linear in depth: an end is worst.
         # In float32 the recomputed layer peaks in attention's backward, after its MLP's kept
-        # inputs are gone (measured: TensorPeakMeter, int8 and hqq); under autocast in the MLP.
-        recomputed = max(per_layer[k] - (0 if c < 4 else t * layers[k][3]) for k in range(n))
+        # inputs are gone (measured: TensorPeakMeter); under autocast in the MLP.
+        recomputed = max(per_layer[k] - (0 if c < 4 else t * layers[k][2]) for k in range(n))
         backward = recomputed + transient + kept + max(0, (n - 1) * (max(lora) - t * h * wbytes))
     else:
         kept = sum(per_layer[1:]) + first[0] * t + first[1] + final_norm

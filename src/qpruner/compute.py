@@ -24,6 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from qpruner.quant.frozen_matmul import use_frozen_matmul
 from qpruner.quant.registry import backend_of
 
 ATTN_FP32 = "qpruner_sdpa_fp32"
@@ -72,9 +73,9 @@ class _SharedCast:
     """Forward pre-hook: a packed module's input in the compute dtype, one cast per tensor.
 
     Packed modules then compute in ``dtype`` like autocast linears do and return it, and
-    q/k/v (gate/up), which share their input, share its cast too: one copy instead of three
-    where the module's autograd keeps its input (int8, hqq). The cast hangs off its source
-    tensor, so it lives exactly as long as the source or a module that kept it.
+    q/k/v (gate/up), which share their input, share its cast too: one cast instead of three.
+    The cast hangs off its source tensor, so it lives no longer than the source or a module
+    that kept it.
     """
 
     def __init__(self, dtype: torch.dtype):
@@ -128,7 +129,9 @@ def prepared(model: nn.Module, dtype: torch.dtype, device: torch.device | str) -
     """Ready ``model`` for ``dtype`` compute for the length of the block (forward and backward).
 
     Spans the backward pass too: activation checkpointing re-runs each layer's forward there
-    and must take the same path as the first forward did. Under bf16: float32 attention on
+    and must take the same path as the first forward did. Packed int8 and hqq modules train
+    through :class:`~qpruner.quant.frozen_matmul.FrozenMatmul` (keeping nothing of their
+    input) on every compute path. Under bf16: float32 attention on
     CPU, :class:`MaskDropout`, packed modules fed their input in ``dtype`` (one shared cast)
     and computing in it, and peft's cast of LoRA inputs to the adapters' float32 turned off
     (autocast casts for the matmul; a float32 copy of a bf16 input would only cost time and
@@ -138,6 +141,11 @@ def prepared(model: nn.Module, dtype: torch.dtype, device: torch.device | str) -
     from peft.helpers import disable_input_dtype_casting
 
     with contextlib.ExitStack() as stack:
+        for module in model.modules():
+            backend = backend_of(module)
+            weight_of = backend.frozen_weight(module) if backend is not None else None
+            if weight_of is not None:
+                stack.callback(use_frozen_matmul(module, weight_of))
         if dtype != torch.float32:
             config = _config(model)
             if torch.device(device).type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa":

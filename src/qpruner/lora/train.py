@@ -267,9 +267,9 @@ def _micro_steps(
         (loss / config.accumulation).backward()
         step_loss += loss.item() / config.accumulation
         step_tokens += int(batch["attention_mask"].sum())
-        # Drop the graph now: bitsandbytes' int8 matmul keeps its input on the autograd node
-        # (ctx.A, not a saved tensor, so backward does not free it), and ``loss`` would keep
-        # every node alive through the next micro-batch's forward.
+        # Drop the graph now: ``loss`` would keep every node alive through the next
+        # micro-batch's forward, with whatever a library's autograd node keeps outside its
+        # saved tensors (bitsandbytes' int8 kept its input as ctx.A before FrozenMatmul).
         del loss, batch
     return step_loss, step_tokens
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from qpruner.errors import QPrunerError
+from qpruner.quant.frozen_matmul import WeightFn
 
 
 class Backend(ABC):
@@ -77,10 +78,10 @@ class Backend(ABC):
         ``scale_bytes``: the size of the compute dtype, for backends that keep scales in it.
         """
 
-    def kept_input(self, fmt: str) -> str | None:
-        """What a ``fmt`` module's backward keeps of its input (memory model): None, ``"saved"``
-        (as a saved tensor, which activation checkpointing drops) or ``"pinned"`` (outside
-        them, kept even under checkpointing)."""
+    def frozen_weight(self, module: nn.Module) -> WeightFn | None:
+        """How to rebuild an owned module's ``out x in`` weight in a given dtype, for training
+        through :class:`~qpruner.quant.frozen_matmul.FrozenMatmul` (which keeps nothing of the
+        input); None where the library's own forward keeps nothing of it either."""
         return None
 
     def dequant_bytes(self, fmt: str, weight_bytes: int, compute_bytes: int) -> int:
@@ -91,7 +92,8 @@ class Backend(ABC):
     def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
         """Make ``module`` work under ``dtype`` autocast (forward and backward); return the undo.
 
-        Nothing to do for most backends: their matmuls autocast like any other.
+        Nothing to do for most backends: their matmuls autocast like any other, and a module
+        with a :meth:`frozen_weight` computes in its input's dtype.
         """
         return None
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from qpruner.errors import QPrunerError
 from qpruner.quant.backend import Backend, as_out_in
+from qpruner.quant.frozen_matmul import WeightFn
 
 BNB_BLOCKSIZE = 64
 BNB_DOUBLE_QUANT = True
@@ -96,9 +97,19 @@ class BnbBackend(Backend):
             w = module.weight.data.float() * scb.float().unsqueeze(1) / 127.0
         return as_out_in(module, w)
 
-    def kept_input(self, fmt: str) -> str | None:
-        # MatMul8bitFp keeps its input as ``ctx.A`` (not a saved tensor); MatMul4Bit only the weight.
-        return "pinned" if fmt == "int8" else None
+    def frozen_weight(self, module: nn.Module) -> WeightFn | None:
+        # int8's training forward (MatMul8bitFp on CPU) keeps its input as ``ctx.A``, outside
+        # the saved tensors, so not even activation checkpointing drops it; MatMul4Bit keeps
+        # nothing of it. The int8 weight as MatMul8bitFp dequantizes it: codes times row scale.
+        if isinstance(module, _bnb().nn.Linear4bit):
+            return None
+
+        def weight_of(dtype: torch.dtype) -> torch.Tensor:
+            codes = module.state.CB if module.state.CB is not None else module.weight.data
+            scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+            return codes.to(dtype).mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
+
+        return weight_of
 
     def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
         # The 4-bit matmul is a custom op whose inner linear autocasts or not depending on how

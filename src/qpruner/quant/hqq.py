@@ -14,13 +14,13 @@ group in the compute dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from qpruner.errors import QPrunerError
 from qpruner.quant.backend import Backend, as_out_in
+from qpruner.quant.frozen_matmul import WeightFn
 
 HQQ_GROUP_SIZE = 64
 _HQQ_ROWS_PER_PACK = {8: (1, 1), 4: (2, 1), 2: (4, 1), 3: (10, 4)}  # group-rows per packed row, bytes/elem
@@ -96,30 +96,16 @@ class HqqBackend(Backend):
             out.append(module.bias)
         return out
 
-    def kept_input(self, fmt: str) -> str | None:
-        return "saved"  # HQQMatmulNoCacheMul saves its input (for a weight gradient it never computes)
+    def frozen_weight(self, module: nn.Module) -> WeightFn | None:
+        # HQQMatmulNoCacheMul, hqq's training forward, saves its input for a weight gradient
+        # it never computes. Dequantized in the module's compute dtype, then cast to the
+        # input's (autocast's), in forward and backward alike.
+        return lambda dtype: module.dequantize().to(dtype)
 
     def dequant_bytes(self, fmt: str, weight_bytes: int, compute_bytes: int) -> int:
         # Quantizer.dequantize: the unpacked codes, (codes - zero) and its product with the
         # scale coexist, in the module's dtype (the plan's); then our cast to the compute dtype.
         return max(3 * weight_bytes, weight_bytes + compute_bytes)
-
-    def prepare_autocast(self, module: nn.Module, dtype: torch.dtype) -> Callable[[], None] | None:
-        # hqq's backward multiplies the (autocast, bf16) gradient by the weight dequantized in
-        # the module's compute dtype; a float32 plan then fails on mixed dtypes. Dequantize,
-        # then cast to the operand's dtype, in forward and backward alike.
-        if module.compute_dtype == dtype:
-            return None
-
-        def matmul(x: torch.Tensor, transpose: bool = True) -> torch.Tensor:
-            kind = x.device.type
-            weight = module.dequantize().to(
-                torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-            )
-            return torch.matmul(x, weight.t() if transpose else weight)
-
-        module.matmul = matmul  # an instance attribute: HQQLinear.forward looks it up per call
-        return lambda: delattr(module, "matmul")
 
     def packed_bytes(self, fmt: str, out_features: int, in_features: int, scale_bytes: int) -> int:
         self.check_format(fmt)

@@ -109,11 +109,6 @@ def dequant_bytes(fmt: str, weight_bytes: int, compute_bytes: int) -> int:
     return backend_for_format(fmt).dequant_bytes(fmt, weight_bytes, compute_bytes)
 
 
-def kept_input(fmt: str) -> str | None:
-    """What a module in packed format ``fmt`` keeps of its input for backward (see :class:`Backend`)."""
-    return backend_for_format(fmt).kept_input(fmt)
-
-
 def packed_weight_bytes(fmt: str, out_features: int, in_features: int, scale_bytes: int) -> int:
     """Bytes of a packed ``out x in`` weight incl. its scales; ``scale_bytes``: compute dtype size.
 

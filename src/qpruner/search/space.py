@@ -265,8 +265,8 @@ class SearchSpace:
     def cheapest(self) -> dict[str, int]:
         """The lowest-memory plan of the space: each layer's cheapest (bits, rank).
 
-        Not always the fewest bits: hqq and int8 keep their inputs for backward, so at a long
-        micro-batch a 2-bit hqq layer can cost more than an NF4 one (SmolLM2 at 4 x 256).
+        Not always the fewest bits: the price includes each width's dequantization transient
+        and scales, so read it off the priced table rather than assume it.
         """
         _, per_layer, _ = self._costs
         out: dict[str, int] = {}
@@ -280,8 +280,8 @@ class SearchSpace:
 
     def check_budget(self, budget: int, stated: str | None = None) -> None:
         """Refuse, before any training, a budget that even the cheapest plan exceeds, or that
-        only the cheapest plan meets (nothing to search: e.g. uniform NF4's memory where every
-        other width costs more to fine-tune, as 2/3-bit hqq does at SmolLM2's shapes).
+        only the cheapest plan meets (nothing to search: e.g. a space without widths below
+        NF4, at uniform NF4's memory).
 
         ``stated``: how the user wrote the budget (a reference plan, a share), named in the error.
         """
