@@ -257,8 +257,8 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
         key = f"{ratio}/{name}"
         if rows.get(key) is not None or not wanted(name):
             continue
-        if low is None or high is None:
-            print(f"{key}: skipped, the NF4 and int8 rows (its memory budget) are not done yet")
+        if low is None or (high is None and args.budget == "midway"):
+            print(f"{key}: skipped, its memory budget's rows (QLoRA NF4; int8 for midway) are not done yet")
             continue
         t0 = time.perf_counter()
         budget = low["memory_predicted"]
