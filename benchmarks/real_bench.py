@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from qpruner import EvalConfig, PlanSource, PruneConfig, TrainConfig, evaluate_m
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
 from qpruner.loader import load_model
+from qpruner.lora.export import PLAN_FILE
 from qpruner.models.catalog import fetch_model
 from qpruner.prune.workflow import prune_checkpoint
 from qpruner.reference import resolve_corpus
@@ -81,6 +83,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     ap.add_argument("--search-trials", type=int, default=6)
     ap.add_argument("--search-steps", type=int, default=10)
+    ap.add_argument(
+        "--train-seeds", default="",
+        help="also recover every done row with these training seeds (comma list): the seed spread",
+    )  # fmt: skip
     ap.add_argument(
         "--budget", choices=("nf4", "midway"), default="nf4",
         help="searched rows' memory budget: the QLoRA NF4 row's (default) or halfway to int8's",
@@ -223,8 +229,6 @@ def search(pruned: Path, method: str, space: str, *, budget: int, args, ctx: dic
 
 def gap_recovered(row: dict, pruned: dict, dense: dict) -> dict:
     """Share of the pruned -> dense gap won back: perplexity in log space, task average as is."""
-    import math
-
     lp, lr, ld = (math.log(r["ppl"]) for r in (pruned, row, dense))
     out = {"ppl_gap_recovered": (lp - lr) / (lp - ld) if lp != ld else None}
     span = dense["task_avg"] - pruned["task_avg"]
@@ -282,6 +286,47 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
         print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f} ({n} trials)", flush=True)
 
 
+def run_train_seeds(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
+    """Every recovered row again with other training seeds (LoRA init, data order, dropout),
+    the same plan (read from the row's recovery) and tokens: the seed-to-seed spread that a
+    searched row's lead over a uniform one must exceed. Seed-major, so a cut-off run leaves
+    every row with the same seeds."""
+    loftq = {name: lq for name, _, lq in UNIFORM}
+    names = [u[0] for u in UNIFORM] + [s[0] for s in SEARCHED]
+    for seed in (int(s) for s in args.train_seeds.split(",") if s):
+        for name in names:
+            key = f"{ratio}/{name}"
+            seeded = f"{key} train seed {seed}"
+            if not wanted(name) or rows.get(key) is None or rows.get(seeded) is not None or seed == 42:
+                continue  # 42: TrainConfig's seed, the row itself
+            t0 = time.perf_counter()
+            plan = PlanSource.from_file(Path(args.work) / key.replace(" ", "_") / PLAN_FILE)
+            row = recover(Path(args.work) / f"pruned-{ratio}", plan, loftq=loftq.get(name, False), args=args,
+                          ctx=ctx, name=f"{key}_seed{seed}".replace(" ", "_"), seed=seed)  # fmt: skip
+            rows.put(seeded, row | {"evaluations": 1, "wall_seconds": time.perf_counter() - t0})
+            print(f"{seeded}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
+
+
+def seed_spread(rows: dict) -> list[str]:
+    """Test perplexity and task average, mean ± standard error over each row's training seeds."""
+    out = []
+    for key, r in rows.items():
+        seeded = [v for k, v in rows.items() if k.startswith(f"{key} train seed ")]
+        if not seeded:
+            continue
+        runs = [r, *seeded]
+        ppl, avg = mean_se([x["ppl"] for x in runs]), mean_se([100 * x["task_avg"] for x in runs])
+        out.append(f"{key}: test ppl {ppl[0]:.2f} ± {ppl[1]:.2f}, task avg {avg[0]:.1f} ± {avg[1]:.1f} "
+                   f"({len(runs)} training seeds)")  # fmt: skip
+    return out
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error (NaN for one value: no spread measured)."""
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else math.nan
+
+
 def table(data: dict) -> str:
     rows = data["rows"]
     tasks = list(data["settings"]["tasks"].split(","))
@@ -317,12 +362,14 @@ def table(data: dict) -> str:
             f"{r.get('wall_seconds', r['eval_seconds']):.0f}",
         ]
         out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
+    spread = seed_spread(rows)
+    return "\n".join(out + ([""] + spread if spread else []))
 
 
 def main() -> None:
     args = parse_args()
-    settings = {k: v for k, v in vars(args).items() if k not in ("rows", "ratios", "table", "out", "work")}
+    skip = ("rows", "ratios", "table", "out", "work", "train_seeds")  # not the rows' recipe
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
     rows = Rows(Path(args.out), settings, read_only=args.table)
     if args.table:
         print(table(rows.data))
@@ -342,6 +389,7 @@ def main() -> None:
         print(f"dense: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
     for ratio in (float(r) for r in args.ratios.split(",")):
         run_ratio(ratio, rows, args=args, ctx=ctx, wanted=wanted)
+        run_train_seeds(ratio, rows, args=args, ctx=ctx, wanted=wanted)
     print(f"\n{time.perf_counter() - t_start:.0f} s this run; table ({args.out}):\n")
     print(table(rows.data))
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -210,12 +209,6 @@ def run_uniform_seeds(rows: rb.Rows, *, args, ctx: dict, seeds: list[int], names
             print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}", flush=True)
 
 
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else float("nan")
-    return m, se
-
-
 def summary(data: dict, minutes: float) -> list[str]:
     rows = searched(data)
     trials = [t for r in rows.values() for t in r.get("trials", [])]
@@ -229,8 +222,8 @@ def summary(data: dict, minutes: float) -> list[str]:
         runs = [r for k, r in rows.items() if k.startswith(f"{label}/seed")]
         if not runs:
             continue
-        ppl, avg = mean_se([r["ppl"] for r in runs]), mean_se([100 * r["task_avg"] for r in runs])
-        best = mean_se([r["best_valid_error"] for r in runs])
+        ppl, avg = rb.mean_se([r["ppl"] for r in runs]), rb.mean_se([100 * r["task_avg"] for r in runs])
+        best = rb.mean_se([r["best_valid_error"] for r in runs])
         hv = [
             mean_hv(
                 [r["trials"] for r in runs],
@@ -254,8 +247,8 @@ def summary(data: dict, minutes: float) -> list[str]:
     for name in UNIFORM:
         runs = [r for k, r in data["rows"].items() if k.split(" train seed")[0].endswith(f"/{name}")]
         if len(runs) > 1:
-            p, pse = mean_se([r["ppl"] for r in runs])
-            a, ase = mean_se([100 * r["task_avg"] for r in runs])
+            p, pse = rb.mean_se([r["ppl"] for r in runs])
+            a, ase = rb.mean_se([100 * r["task_avg"] for r in runs])
             label = f"{name} over {len(runs)} training seeds"
             out.append(f"| {label} | {p:.2f} ± {pse:.2f} | {a:.1f} ± {ase:.1f} | | | | | | |")
     return out
