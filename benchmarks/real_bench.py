@@ -8,7 +8,8 @@ between the NF4 and int8 rows) is the rule the committed table was made with, wh
 layers still kept their input for the backward pass and so cost more to fine-tune than NF4 ones:
 then no plan but uniform NF4 fitted NF4's memory. Since packed layers train through
 :class:`qpruner.quant.frozen_matmul.FrozenMatmul`, 2- and 3-bit layers are cheaper than NF4 ones
-and a plan can trade them for 8-bit layers at NF4's memory, as the papers do.
+under bf16 compute and a plan can trade them for 8-bit layers at NF4's memory, as the papers do
+(under float32 compute hardly: hqq's scales and dequantization are float32 too; see the README).
 
 Columns: WikiText-2 test perplexity,
 each zero-shot task's accuracy and their average (a fixed, seeded sample of items per task on
