@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -177,18 +178,34 @@ def run_pipeline(
         cfg = replace(cfg, eval=default_eval(cfg))
     cfg.eval.tasks = cfg.eval.check()
     result = _open_result(cfg, out, model_src=model_src, corpus=corpus)
-    record = _recorder(result, out)
-    tokenizer = load_tokenizer(model_src)
-    _prune_stage(cfg, out, model_src, data=data, tokenizer=tokenizer, device=device, progress=progress,
-                 log=log, stages=result.stages, record=record)  # fmt: skip
+    run = _Run(cfg, out, data, load_tokenizer(model_src), device, progress, log, result.stages,
+               _recorder(result, out))  # fmt: skip
+    _prune_stage(run, model_src)
     source = cfg.plan
     if source.kind == "searched":
-        found = _search_stage(cfg, out, data, device=device, progress=progress, log=log,
-                              stages=result.stages, record=record)  # fmt: skip
-        source = replace(source, path=found)
-    _recover_stage(cfg, out, source, data=data, tokenizer=tokenizer, device=device, progress=progress,
-                   log=log, stages=result.stages, record=record)  # fmt: skip
+        source = replace(source, path=_search_stage(run))
+    _recover_stage(run, source)
     return result
+
+
+@dataclass
+class _Run:
+    """What every stage of one run reads: its settings, folder, data and tokenizer, where it
+    computes, and the record of finished stages (``stages``, written through ``record``)."""
+
+    cfg: RunConfig
+    out: Path
+    data: dict[str, str | None]
+    tokenizer: Any
+    device: str | torch.device
+    progress: bool
+    log: _Log
+    stages: dict[str, dict]
+    record: _Record
+
+    def evaluate(self, model) -> dict:
+        """Every stage's scores, on the run's evaluation text and tasks."""
+        return _evaluate(model, self.tokenizer, self.cfg, self.data["eval"], self.progress)
 
 
 def _open_result(cfg: RunConfig, out: Path, *, model_src: str, corpus: str | None) -> RunResult:
@@ -222,69 +239,40 @@ def _recorder(result: RunResult, out: Path) -> _Record:
     return record
 
 
-def _prune_stage(
-    cfg: RunConfig,
-    out: Path,
-    model_src: str,
-    *,
-    data: dict[str, str | None],
-    tokenizer,
-    device: str | torch.device,
-    progress: bool,
-    log: _Log,
-    stages: dict[str, dict],
-    record: _Record,
-) -> None:
+def _prune_stage(run: _Run, model_src: str) -> None:
     """Score the dense model, prune it into ``out/pruned`` and score that; redone unless both
     the record and the pruned directory are there, since either alone may be a crash's leftover."""
     from qpruner.prune.workflow import prune_checkpoint
 
-    pruned_dir = out / "pruned"
+    pruned_dir, stages = run.out / "pruned", run.stages
     if "prune" not in stages or not (pruned_dir / "pruning.json").is_file():
         t0 = time.perf_counter()
         if "dense" not in stages:
-            dense = load_model(model_src, device=device)
-            record("dense", _evaluate(dense, tokenizer, cfg, data["eval"], progress))
-            log(f"dense: ppl {stages['dense']['ppl']:.2f}")
-            del dense
-        pr = prune_checkpoint(model_src, pruned_dir, cfg.prune, data["calib"], device=device,
-                              overwrite=True, progress=progress)  # fmt: skip
-        pruned = load_model(pruned_dir, device=device)
-        info = _evaluate(pruned, tokenizer, cfg, data["eval"], progress)
+            run.record("dense", run.evaluate(load_model(model_src, device=run.device)))
+            run.log(f"dense: ppl {stages['dense']['ppl']:.2f}")
+        pr = prune_checkpoint(model_src, pruned_dir, run.cfg.prune, run.data["calib"], device=run.device,
+                              overwrite=True, progress=run.progress)  # fmt: skip
+        info = run.evaluate(load_model(pruned_dir, device=run.device))
         info.update(
             params_before=pr.params_before, params_after=pr.params_after, seconds=time.perf_counter() - t0
         )
-        record("prune", info)
-        del pruned
-    log(f"pruned: {stages['prune']['params']:,} params, ppl {stages['prune']['ppl']:.2f}")
+        run.record("prune", info)
+    run.log(f"pruned: {stages['prune']['params']:,} params, ppl {stages['prune']['ppl']:.2f}")
 
 
-def _recover_stage(
-    cfg: RunConfig,
-    out: Path,
-    source: PlanSource,
-    *,
-    data: dict[str, str | None],
-    tokenizer,
-    device: str | torch.device,
-    progress: bool,
-    log: _Log,
-    stages: dict[str, dict],
-    record: _Record,
-) -> None:
+def _recover_stage(run: _Run, source: PlanSource) -> None:
     """Quantize ``out/pruned`` per ``source``, recover it into ``out/recovered`` and score it;
     ``finetune`` resumes from its last checkpoint, so a crash loses only the steps since."""
     from qpruner.lora.recover import finetune
 
-    rec_dir = out / "recovered"
-    if "recover" not in stages or not (rec_dir / RECOVERY_FILE).is_file():
+    rec_dir, cfg, device = run.out / "recovered", run.cfg, run.device
+    if "recover" not in run.stages or not (rec_dir / RECOVERY_FILE).is_file():
         t0 = time.perf_counter()
-        rec = finetune(out / "pruned", data["train"], rec_dir, plan=source, train_config=cfg.train,
-                       loftq=cfg.loftq, resume=True, device=device, progress=progress)  # fmt: skip
+        rec = finetune(run.out / "pruned", run.data["train"], rec_dir, plan=source, train_config=cfg.train,
+                       loftq=cfg.loftq, resume=True, device=device, progress=run.progress)  # fmt: skip
         recovered = load_model(rec_dir, device=device)
         size = model_size(recovered)  # what the quantized model holds
-        info = _evaluate(_scored_model(rec_dir, rec.plan, recovered, device), tokenizer, cfg, data["eval"],
-                         progress)  # fmt: skip
+        info = run.evaluate(_scored_model(rec_dir, rec.plan, recovered, device))
         info.update(
             params=size.params,
             weight_bytes=size.weight_bytes,
@@ -295,18 +283,17 @@ def _recover_stage(
             resumed_from=rec.train.resumed_from,
             seconds=time.perf_counter() - t0,
         )
-        record("recover", info)
-    log(f"recovered: ppl {stages['recover']['ppl']:.2f}")
+        run.record("recover", info)
+    run.log(f"recovered: ppl {run.stages['recover']['ppl']:.2f}")
 
 
-def _search_stage(
-    cfg: RunConfig, out: Path, data: dict, *, device, progress: bool, log, stages: dict, record
-) -> str:
+def _search_stage(run: _Run) -> str:
     """Search the plan for ``out/pruned`` into ``out/search``; resumes its study if interrupted."""
     from qpruner.search.from_model import search_model
     from qpruner.search.run import PLAN_FILE
 
-    search_dir = out / "search"
+    cfg, data, stages = run.cfg, run.data, run.stages
+    search_dir = run.out / "search"
     if "search" not in stages or not (search_dir / PLAN_FILE).is_file():
         search = cfg.plan.search
         scfg = replace(
@@ -317,8 +304,8 @@ def _search_stage(
             calib_data=search.calib_data or data["calib"],
         )
         t0 = time.perf_counter()
-        res = search_model(out / "pruned", scfg, search_dir, resume=True, device=str(device),
-                           progress=progress, log=log)  # fmt: skip
+        res = search_model(run.out / "pruned", scfg, search_dir, resume=True, device=str(run.device),
+                           progress=run.progress, log=run.log)  # fmt: skip
         if res.plan is None:
             raise QPrunerError("the search evaluated no plan within the budget; nothing to recover")
         chosen = res.summary.chosen_trial
@@ -333,7 +320,7 @@ def _search_stage(
             "budget": res.summary.budget,
             "seconds": time.perf_counter() - t0,
         }
-        record("search", info)
+        run.record("search", info)
     info = stages["search"]
-    log(f"search ({info['method']}): trial {info['chosen_trial']}, {info['metric']} {info['error']:.4g}")
+    run.log(f"search ({info['method']}): trial {info['chosen_trial']}, {info['metric']} {info['error']:.4g}")
     return str(search_dir / PLAN_FILE)
