@@ -287,14 +287,14 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
         print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f} ({n} trials)", flush=True)
 
 
-def run_train_seeds(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
+def run_train_seeds(ratio: float, rows: Rows, *, args, ctx: dict, seeds: list[int], wanted) -> None:
     """Every recovered row again with other training seeds (LoRA init, data order, dropout),
     the same plan (read from the row's recovery) and tokens: the seed-to-seed spread that a
     searched row's lead over a uniform one must exceed. Seed-major, so a cut-off run leaves
     every row with the same seeds."""
     loftq = {name: lq for name, _, lq in UNIFORM}
     names = [u[0] for u in UNIFORM] + [s[0] for s in SEARCHED]
-    for seed in (int(s) for s in args.train_seeds.split(",") if s):
+    for seed in seeds:
         for name in names:
             key = f"{ratio}/{name}"
             seeded = f"{key} train seed {seed}"
@@ -390,7 +390,8 @@ def main() -> None:
         print(f"dense: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
     for ratio in (float(r) for r in args.ratios.split(",")):
         run_ratio(ratio, rows, args=args, ctx=ctx, wanted=wanted)
-        run_train_seeds(ratio, rows, args=args, ctx=ctx, wanted=wanted)
+        seeds = [int(s) for s in args.train_seeds.split(",") if s]
+        run_train_seeds(ratio, rows, args=args, ctx=ctx, seeds=seeds, wanted=wanted)
     print(f"\n{time.perf_counter() - t_start:.0f} s this run; table ({args.out}):\n")
     print(table(rows.data))
 

@@ -194,21 +194,6 @@ def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: in
     print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}, {len(trials)} plans", flush=True)
 
 
-def run_uniform_seeds(rows: rb.Rows, *, args, ctx: dict, seeds: list[int], names: list[str]) -> None:
-    """Uniform rows (real_bench's, by name) recovered with more training seeds: the spread a
-    searched plan must beat."""
-    for seed in seeds:  # seed-major: a cut-off run leaves every row with the same seeds
-        for name, source, loftq in (u for u in rb.UNIFORM if u[0] in names):
-            key = f"{args.ratio}/{name} train seed {seed}"
-            if seed == 42 or rows.get(key) is not None:  # 42: the row real_bench made (TrainConfig's seed)
-                continue
-            tag = name.split()[0].lower()
-            row = rb.recover(ctx["pruned"], source, loftq=loftq, args=args, ctx=ctx,
-                             name=f"{tag}-seed{seed}", seed=seed)  # fmt: skip
-            rows.put(key, row)
-            print(f"{key}: test ppl {row['ppl']:.2f}, avg {row['task_avg']:.3f}", flush=True)
-
-
 def summary(data: dict, minutes: float) -> list[str]:
     rows = searched(data)
     trials = [t for r in rows.values() for t in r.get("trials", [])]
@@ -351,7 +336,8 @@ def main() -> None:
         for label in args.methods.split(","):
             run_one(label, seed, rows, args=args, ctx=ctx, budget=budget)
     extra = [1, 2][: max(1, len(seeds) - 1)]
-    run_uniform_seeds(rows, args=args, ctx=ctx, seeds=extra, names=args.seeded_uniform.split(","))
+    names = args.seeded_uniform.split(",")  # uniform rows also trained with more seeds: the spread
+    rb.run_train_seeds(args.ratio, rows, args=args, ctx=ctx, seeds=extra, wanted=lambda name: name in names)
     finish(rows, args, corpus)
 
 

@@ -141,24 +141,24 @@ def prepared(model: nn.Module, dtype: torch.dtype, device: torch.device | str) -
     from peft.helpers import disable_input_dtype_casting
 
     with contextlib.ExitStack() as stack:
-        for module in model.modules():
-            backend = backend_of(module)
-            weight_of = backend.frozen_weight(module) if backend is not None else None
-            if weight_of is not None:
-                stack.callback(use_frozen_matmul(module, weight_of))
-        if dtype != torch.float32:
+        cast = None if dtype == torch.float32 else _SharedCast(dtype)
+        if cast is not None:
             config = _config(model)
             if torch.device(device).type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa":
                 config._attn_implementation = ATTN_FP32
                 stack.callback(setattr, config, "_attn_implementation", "sdpa")
             stack.callback(_swap_dropout(model))
             stack.enter_context(disable_input_dtype_casting(model))
-            cast = _SharedCast(dtype)
-            for module in model.modules():
-                backend = backend_of(module)
-                if backend is not None:
-                    stack.callback(module.register_forward_pre_hook(cast).remove)
-                    restore = backend.prepare_autocast(module, dtype)
-                    if restore is not None:
-                        stack.callback(restore)
+        for module in model.modules():
+            backend = backend_of(module)
+            if backend is None:
+                continue
+            weight_of = backend.frozen_weight(module)
+            if weight_of is not None:
+                stack.callback(use_frozen_matmul(module, weight_of))
+            if cast is not None:
+                stack.callback(module.register_forward_pre_hook(cast).remove)
+                restore = backend.prepare_autocast(module, dtype)
+                if restore is not None:
+                    stack.callback(restore)
         yield

@@ -93,8 +93,8 @@ class BnbBackend(Backend):
         if isinstance(module, bnb.nn.Linear4bit):
             w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
         else:
-            scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
-            w = module.weight.data.float() * scb.float().unsqueeze(1) / 127.0
+            codes, scb = _int8_state(module)
+            w = codes.float() * scb.float().unsqueeze(1) / 127.0
         return as_out_in(module, w)
 
     def frozen_weight(self, module: nn.Module) -> WeightFn | None:
@@ -105,8 +105,7 @@ class BnbBackend(Backend):
             return None
 
         def weight_of(dtype: torch.dtype) -> torch.Tensor:
-            codes = module.state.CB if module.state.CB is not None else module.weight.data
-            scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+            codes, scb = _int8_state(module)
             return codes.to(dtype).mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
 
         return weight_of
@@ -149,6 +148,15 @@ class BnbBackend(Backend):
             return data + 4 * blocks + 4 * 16
         nested = math.ceil(blocks / 256)
         return data + blocks + 4 + 4 * 16 + 4 * nested + 4 * 256
+
+
+def _int8_state(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """An int8 module's codes and row scales, wherever bitsandbytes keeps them: on the weight
+    until the module's first forward, in its matmul state after (the weight's data is then
+    the state's codes)."""
+    codes = module.state.CB if module.state.CB is not None else module.weight.data
+    scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+    return codes, scb
 
 
 def _four_bit(linear: nn.Linear, fmt: str, compute_dtype: torch.dtype) -> nn.Module:
