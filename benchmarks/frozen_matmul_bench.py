@@ -9,7 +9,7 @@ with and without activation checkpointing. Reported: the step's measured peak
 (``TensorPeakMeter``), the memory model's prediction (which prices the FrozenMatmul path) and
 tokens/s. NF4 keeps the library's forward on both paths; it is the yardstick.
 
-    python benchmarks/frozen_matmul_bench.py --formats nf4,int8,hqq2   # ~25 min on 2 AVX2 cores (float32)
+    python benchmarks/frozen_matmul_bench.py --formats nf4,int8,hqq3,hqq2   # 21 min, 2 quiet AVX2 cores
     python benchmarks/frozen_matmul_bench.py --layers 4 --seq 64   # a smoke run
 
 Prints a table and writes benchmarks/results/frozen_matmul_bench.json.
