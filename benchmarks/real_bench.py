@@ -10,6 +10,9 @@ then no plan but uniform NF4 fitted NF4's memory. Since packed layers train thro
 :class:`qpruner.quant.frozen_matmul.FrozenMatmul`, 2- and 3-bit layers are cheaper than NF4 ones
 under bf16 compute and a plan can trade them for 8-bit layers at NF4's memory, as the papers do
 (under float32 compute hardly: hqq's scales and dequantization are float32 too; see the README).
+``--budget weights`` searches under uniform NF4's served weights and adapters instead
+(``--memory-measure weights``): the papers' regime, where weights dominate memory, which fine-tuning
+a 135M model at 4 x 256 tokens is not (activations are most of its step).
 
 Columns: WikiText-2 test perplexity,
 each zero-shot task's accuracy and their average (a fixed, seeded sample of items per task on
@@ -31,10 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from real_table import table
 
 from qpruner import EvalConfig, PlanSource, PruneConfig, TrainConfig, evaluate_model, finetune
 from qpruner.checkpoint import load_tokenizer
@@ -89,8 +93,9 @@ def parse_args() -> argparse.Namespace:
         help="also recover every done row with these training seeds (comma list): the seed spread",
     )  # fmt: skip
     ap.add_argument(
-        "--budget", choices=("nf4", "midway"), default="nf4",
-        help="searched rows' memory budget: the QLoRA NF4 row's (default) or halfway to int8's",
+        "--budget", choices=("nf4", "midway", "weights"), default="nf4",
+        help="searched rows' memory budget: the QLoRA NF4 row's fine-tuning memory (default), halfway "
+        "to int8's, or uniform NF4's served weights + LoRA (--memory-measure weights)",
     )  # fmt: skip
     ap.add_argument("--work", default=str(ROOT / "out" / "real_bench"))
     ap.add_argument("--out", default=str(RESULTS))
@@ -208,10 +213,11 @@ def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str, seed
     )
 
 
-def search(pruned: Path, method: str, space: str, *, budget: int, args, ctx: dict, name: str):
+def search(pruned: Path, method: str, space: str, *, budget: int | str, args, ctx: dict, name: str):
     cfg = SearchConfig(
         method=method,
         memory_budget=budget,
+        memory_measure="weights" if args.budget == "weights" else "finetune",
         space=space,
         bits=(2, 3, 4, 8, 16),
         ranks=(2, 4, 8, 16),
@@ -225,16 +231,7 @@ def search(pruned: Path, method: str, space: str, *, budget: int, args, ctx: dic
     found = search_model(pruned, cfg, Path(args.work) / f"search-{name}", resume=True, progress=False)
     if found.plan is None:
         raise RuntimeError(f"{method}: no plan within the budget")
-    return found.plan, len(found.summary.records)
-
-
-def gap_recovered(row: dict, pruned: dict, dense: dict) -> dict:
-    """Share of the pruned -> dense gap won back: perplexity in log space, task average as is."""
-    lp, lr, ld = (math.log(r["ppl"]) for r in (pruned, row, dense))
-    out = {"ppl_gap_recovered": (lp - lr) / (lp - ld) if lp != ld else None}
-    span = dense["task_avg"] - pruned["task_avg"]
-    out["task_gap_recovered"] = (row["task_avg"] - pruned["task_avg"]) / span if abs(span) > 1e-9 else None
-    return out
+    return found.plan, len(found.summary.records), found.summary.budget
 
 
 def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
@@ -269,7 +266,9 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
         budget = low["memory_predicted"]
         if args.budget == "midway":
             budget = (low["memory_predicted"] + high["memory_predicted"]) // 2
-        plan, n = search(
+        elif args.budget == "weights":
+            budget = "nf4"  # priced by the search's space, as the weights the NF4 row holds
+        plan, n, budget = search(
             pruned_dir, method, space, budget=budget, args=args, ctx=ctx, name=key.replace("/", "-")
         )
         searched_s = time.perf_counter() - t0
@@ -306,65 +305,6 @@ def run_train_seeds(ratio: float, rows: Rows, *, args, ctx: dict, seeds: list[in
                           ctx=ctx, name=f"{key}_seed{seed}".replace(" ", "_"), seed=seed)  # fmt: skip
             rows.put(seeded, row | {"evaluations": 1, "wall_seconds": time.perf_counter() - t0})
             print(f"{seeded}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
-
-
-def seed_spread(rows: dict) -> list[str]:
-    """Test perplexity and task average, mean ± standard error over each row's training seeds."""
-    out = []
-    for key, r in rows.items():
-        seeded = [v for k, v in rows.items() if k.startswith(f"{key} train seed ")]
-        if not seeded:
-            continue
-        runs = [r, *seeded]
-        ppl, avg = mean_se([x["ppl"] for x in runs]), mean_se([100 * x["task_avg"] for x in runs])
-        out.append(f"{key}: test ppl {ppl[0]:.2f} ± {ppl[1]:.2f}, task avg {avg[0]:.1f} ± {avg[1]:.1f} "
-                   f"({len(runs)} training seeds)")  # fmt: skip
-    return out
-
-
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    """Mean and standard error (NaN for one value: no spread measured)."""
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else math.nan
-
-
-def table(data: dict) -> str:
-    rows = data["rows"]
-    tasks = list(data["settings"]["tasks"].split(","))
-    dense = rows.get("dense")
-    head = (
-        ["ratio", "row", "ppl"]
-        + tasks
-        + ["avg", "gap rec. (ppl/avg)", "mem pred/meas MiB", "weights MiB", "trainable", "evals", "wall s"]
-    )
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, r in rows.items():
-        ratio, _, name = key.rpartition("/")
-        pruned = rows.get(f"{ratio}/pruned")
-        gap = gap_recovered(r, pruned, dense) if dense and pruned and key not in ("dense",) else {}
-        cells = [ratio or "0", name, f"{r['ppl']:.2f}"]
-        cells += [
-            f"{100 * r['tasks'][t]['acc']:.1f} ± {100 * (r['tasks'][t]['stderr'] or 0):.1f}"
-            if t in r["tasks"]
-            else ""
-            for t in tasks
-        ]
-        cells.append(f"{100 * r['task_avg']:.1f}")
-        g1, g2 = gap.get("ppl_gap_recovered"), gap.get("task_gap_recovered")
-        cells.append(
-            "" if g1 is None else f"{100 * g1:.0f}% / " + ("n/a" if g2 is None else f"{100 * g2:.0f}%")
-        )
-        mp, mm = r.get("memory_predicted"), r.get("memory_measured")
-        cells.append(f"{mp / 2**20:.0f} / {mm / 2**20:.0f}" if mp else "")
-        cells += [
-            f"{r['weight_mib']:.1f}",
-            f"{r.get('trainable_params', 0):,}",
-            str(r.get("evaluations", "")),
-            f"{r.get('wall_seconds', r['eval_seconds']):.0f}",
-        ]
-        out.append("| " + " | ".join(cells) + " |")
-    spread = seed_spread(rows)
-    return "\n".join(out + ([""] + spread if spread else []))
 
 
 def main() -> None:

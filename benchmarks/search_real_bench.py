@@ -37,6 +37,7 @@ from pathlib import Path
 
 import real_bench as rb
 import search_rho
+from real_table import mean_se
 
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
@@ -207,8 +208,8 @@ def summary(data: dict, minutes: float) -> list[str]:
         runs = [r for k, r in rows.items() if k.startswith(f"{label}/seed")]
         if not runs:
             continue
-        ppl, avg = rb.mean_se([r["ppl"] for r in runs]), rb.mean_se([100 * r["task_avg"] for r in runs])
-        best = rb.mean_se([r["best_valid_error"] for r in runs])
+        ppl, avg = mean_se([r["ppl"] for r in runs]), mean_se([100 * r["task_avg"] for r in runs])
+        best = mean_se([r["best_valid_error"] for r in runs])
         hv = [
             mean_hv(
                 [r["trials"] for r in runs],
@@ -232,8 +233,8 @@ def summary(data: dict, minutes: float) -> list[str]:
     for name in UNIFORM:
         runs = [r for k, r in data["rows"].items() if k.split(" train seed")[0].endswith(f"/{name}")]
         if len(runs) > 1:
-            p, pse = rb.mean_se([r["ppl"] for r in runs])
-            a, ase = rb.mean_se([100 * r["task_avg"] for r in runs])
+            p, pse = mean_se([r["ppl"] for r in runs])
+            a, ase = mean_se([100 * r["task_avg"] for r in runs])
             label = f"{name} over {len(runs)} training seeds"
             out.append(f"| {label} | {p:.2f} ± {pse:.2f} | {a:.1f} ± {ase:.1f} | | | | | | |")
     return out

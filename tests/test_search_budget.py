@@ -40,7 +40,7 @@ def test_each_form_is_that_plan_priced_directly(text, fmt, rank, share):
     space = make_space("joint", LAYERS)
     budget = resolve_budget(text, space)
     assert budget.bytes == int(share * _priced(space, fmt, rank))
-    assert budget.tokens == "1 × 64 tokens" and f"rank {rank}" in budget.reference
+    assert budget.basis == "at 1 × 64 tokens" and f"rank {rank}" in budget.reference
     assert budget.describe().endswith(f"at 1 × 64 tokens ({budget.reference})")
 
 

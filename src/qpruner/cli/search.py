@@ -40,9 +40,16 @@ def _add_space_flags(p: argparse.ArgumentParser, *, in_run: bool) -> None:
     p.add_argument(
         "--memory-budget",
         required=not in_run,
-        help="fine-tuning memory budget: a size (6GiB), a reference plan (nf4, int8, uniform:BITS[:RANK], "
-        "priced at the trials' batch and length) or a share of the 16-bit plan (70%%)"
+        help="memory budget (of what: --memory-measure): a size (6GiB), a reference plan (nf4, int8, "
+        "uniform:BITS[:RANK], priced as the trials are) or a share of the 16-bit plan (70%%)"
         + (" (turns the search stage on)" if in_run else ""),
+    )
+    p.add_argument(
+        "--memory-measure",
+        choices=["finetune", "weights"],
+        default="finetune",
+        help="what the budget limits: fine-tuning memory at the trials' batch and length (default), "
+        "or weights: the packed base plus LoRA adapters a served model holds",
     )
     p.add_argument("--space", choices=["bits", "ranks", "joint"], help="searched: default the method's")
     p.add_argument(
@@ -115,6 +122,7 @@ def search_config(args: argparse.Namespace, **fixed):
     return SearchConfig(
         method=args.method,
         memory_budget=args.memory_budget,
+        memory_measure=args.memory_measure,
         space=args.space,
         bits=args.search_bits,
         ranks=args.ranks,

@@ -12,7 +12,9 @@ A reference plan is priced exactly as the search prices its trials
 (:meth:`~qpruner.search.space.SearchSpace.price`: the same memory model, micro-batch and
 sequence length), so "the NF4 plan's memory" compares like with like. The syntax is read by
 :func:`parse_budget` before anything is loaded; :func:`resolve_budget` needs the space (the
-model's layer shapes) and gives the bytes.
+model's layer shapes) and gives the bytes. The bytes are of what the space measures
+(``SearchSpace.measure``): fine-tuning memory by default, or the served weights and adapters,
+so ``nf4`` under a weight budget means uniform NF4's packed weights plus its LoRA.
 """
 
 from __future__ import annotations
@@ -52,19 +54,19 @@ class Budget:
     bytes: int
     text: str  # as the user wrote it
     reference: str | None  # e.g. "the uniform nf4 plan, rank 8"; None for a size
-    tokens: str  # the micro-batch every figure assumes, e.g. "4 × 256 tokens"
+    basis: str  # what the bytes mean: "at 4 × 256 tokens" (fine-tuning) or "in weights + LoRA (serving)"
 
     def describe(self) -> str:
         """``1.21 GiB at 4 × 256 tokens (the uniform nf4 plan, rank 8)``."""
         said = f" ({self.reference})" if self.reference else ""
-        return f"{format_bytes(self.bytes)} at {self.tokens}{said}"
+        return f"{format_bytes(self.bytes)} {self.basis}{said}"
 
     def stated(self) -> str | None:
         """How the budget was stated, where it was not a size: ``nf4: the uniform nf4 plan, rank 8``."""
         return f"{self.text}: {self.reference}" if self.reference else None
 
     def to_dict(self) -> dict:
-        return {"bytes": self.bytes, "text": self.text, "reference": self.reference, "tokens": self.tokens}
+        return {"bytes": self.bytes, "text": self.text, "reference": self.reference, "basis": self.basis}
 
 
 def _bad(text: object, why: str = "") -> QPrunerError:
@@ -103,14 +105,14 @@ def resolve_budget(text: str | int | float | BudgetSpec | Budget, space: SearchS
         return text
     spec = parse_budget(text)
     if spec.size is not None:
-        return Budget(spec.size, spec.text, None, space.tokens)
+        return Budget(spec.size, spec.text, None, space.basis)
     rank = spec.rank or space.fixed_rank
     if spec.share is not None:
         fmt = space.base.dtype
         full = space.price(space.uniform(fmt, rank))
         ref = f"{100 * spec.share:g}% of the unquantized {fmt} plan, rank {rank}, at {format_bytes(full)}"
-        return Budget(int(spec.share * full), spec.text, ref, space.tokens)
+        return Budget(int(spec.share * full), spec.text, ref, space.basis)
     fmt = spec.weight_format or format_for_bits(spec.bits, space.base.dtype)
     return Budget(
-        space.price(space.uniform(fmt, rank)), spec.text, f"the uniform {fmt} plan, rank {rank}", space.tokens
+        space.price(space.uniform(fmt, rank)), spec.text, f"the uniform {fmt} plan, rank {rank}", space.basis
     )

@@ -72,7 +72,7 @@ def pareto_png(s: SearchSummary) -> bytes:
         )
     if s.budget:
         ax.axvline(s.budget / MIB, ls="--", c="k", lw=1, label="budget (predicted memory)")
-    ax.set_xlabel(f"fine-tuning memory{s.at()}, MiB (measured where measured)")
+    ax.set_xlabel(f"{s.memory_label()}, MiB (measured where measured)")
     ax.set_ylabel(s.metric)
     ax.set_title(f"{s.method}: every trial, the front highlighted")
     if ev or rej:

@@ -32,6 +32,9 @@ from qpruner.units import parse_duration
 class SearchConfig:
     method: str = "qpruner"
     memory_budget: str | int = "6GiB"  # a size, a reference plan (nf4, uniform:4:8) or a share (70%)
+    # What the budget limits: "finetune" (the whole step at the trials' batch shape, the papers')
+    # or "weights" (the packed base plus adapters a served model holds; space.MEASURES).
+    memory_measure: str = "finetune"
     space: str | None = None  # bits | ranks | joint; None: the method's own
     bits: tuple[int, ...] = (4, 8, 16)
     ranks: tuple[int, ...] = (2, 4, 8, 16)
@@ -97,6 +100,7 @@ def build_space(model_src: str | Path, cfg: SearchConfig, device: str = "cpu") -
         seq_len=cfg.train.cutoff_len,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
         accumulation=cfg.train.accumulation,
+        measure=cfg.memory_measure,
     )
 
 

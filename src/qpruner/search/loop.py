@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from qpruner.errors import QPrunerError
+from qpruner.memory import MemoryReport
 from qpruner.search import fidelity
 from qpruner.search import study as st
 from qpruner.search.evaluator import Evaluation
@@ -72,7 +73,7 @@ def run_trial(run: SearchRun, trial) -> float:
     ev = fidelity.evaluate(
         run.evaluator, trial, plan, fidelities=run.fidelities
     )  # at once, or rung by rung (may stop it early)
-    _store(trial, plan, ev, mem=mem)
+    _store(trial, plan, ev, mem=mem, run=run)
     return float(ev.error)
 
 
@@ -124,14 +125,23 @@ def _skip_if_duplicate(run: SearchRun, trial, choices: dict[str, int]) -> float 
     return None
 
 
-def _store(trial, plan, ev: Evaluation, *, mem: int) -> None:
+def _measured(run: SearchRun, ev: Evaluation) -> int | None:
+    """The measured bytes the budget's measure counts (a weight budget: the held weights and
+    adapters of the trial's model, not its step peak)."""
+    parts = ev.metrics.get("memory_measured")
+    if run.space.measure == "finetune" or ev.memory is None:
+        return ev.memory
+    return run.space.amount(MemoryReport.from_dict(parts)) if parts else None
+
+
+def _store(trial, plan, ev: Evaluation, *, mem: int, run: SearchRun) -> None:
     """The plan (with its predicted and measured memory), error and metrics, as trial attributes."""
     measured = ev.metrics.get("memory_measured")
     plan.memory = {"predicted": ev.metrics.get("memory_predicted", {"total": int(mem)})}
     if measured:
         plan.memory["measured"] = measured
     trial.set_user_attr("plan", plan.to_dict())
-    trial.set_user_attr("memory_measured", ev.memory)
+    trial.set_user_attr("memory_measured", _measured(run, ev))
     trial.set_user_attr("metrics", {k: v for k, v in ev.metrics.items() if not k.startswith("memory_")})
     trial.set_user_attr("error", float(ev.error))
     trial.set_user_attr("status", Status.EVALUATED.value)

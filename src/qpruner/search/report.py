@@ -70,7 +70,7 @@ def _facts(s: SearchSummary) -> list[list[str]]:
         ["method", s.method],
         ["metric (lower is better)", s.metric],
         ["memory budget", s.budget_text()],
-        ["memory figures", f"fine-tuning peak{s.at()} per micro-batch, MiB"],
+        ["memory figures", f"{s.memory_label()}, MiB"],
         [
             "trials evaluated / stopped early / refused / failed",
             f"{n[Status.EVALUATED]} / {n[Status.PRUNED]} / {n[Status.REJECTED]} / {n[Status.FAILED]}",

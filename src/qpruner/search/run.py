@@ -134,6 +134,7 @@ def summary_of(study, recs: list[TrialRecord], storage: str) -> SearchSummary:
         storage=st.mask_url(storage),
         extra=extra,
         memory_at=f"{space['batch']} × {space['seq_len']} tokens" if "batch" in space else None,
+        memory_measure=space.get("measure", "finetune"),
     )
 
 

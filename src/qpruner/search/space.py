@@ -18,11 +18,18 @@ from functools import cached_property
 import numpy as np
 
 from qpruner.errors import QPrunerError
-from qpruner.memory import estimate
+from qpruner.memory import MemoryReport, estimate
 from qpruner.plan import BITS_TO_FORMAT, Plan, format_for_bits
 from qpruner.search.sensitivity import Sensitivity
 
 SPACES = ("bits", "ranks", "joint")
+#: What a budget limits. "finetune": the whole fine-tuning step (weights, LoRA, AdamW, step
+#: peak) at the trials' batch shape, the papers' measure. "weights": what serving the adapted
+#: model holds, the packed base plus its unmerged adapters. On a 7B model the two rank plans
+#: alike (weights dominate); on a 135M model at 4 × 256 tokens activations dominate fine-tuning
+#: memory, so every width costs nearly the same there and only a weight budget makes bits trade.
+MEASURES = ("finetune", "weights")
+WEIGHT_PARTS = ("packed_weights", "dense_weights", "lora_params")
 
 
 class InfeasibleBudget(QPrunerError):
@@ -73,6 +80,7 @@ class SearchSpace:
     seq_len: int = 256
     gradient_checkpointing: bool = False
     accumulation: int = 1  # micro-batches per optimizer step, as the trials train
+    measure: str = "finetune"  # what memory() prices: one of MEASURES
     # Each layer's measured Δ loss at low widths, where the study measured it: the performance
     # model's prior (features' last column). Not part of describe(): it is data, not a setting.
     sensitivity: Sensitivity | None = None
@@ -80,6 +88,8 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if self.search not in SPACES:
             raise QPrunerError(f"unknown search space {self.search!r}; choose from {', '.join(SPACES)}")
+        if self.measure not in MEASURES:
+            raise QPrunerError(f"unknown memory measure {self.measure!r}; choose from {', '.join(MEASURES)}")
         self.bits = tuple(sorted(set(int(b) for b in self.bits)))
         self.ranks = tuple(sorted(set(int(r) for r in self.ranks)))
         for b in (*self.bits, self.fixed_bits):
@@ -197,15 +207,27 @@ class SearchSpace:
         return self.price(self.plan(self._fixed(bits, ranks)))
 
     def price(self, plan: Plan) -> int:
-        """Any plan's predicted fine-tuning bytes at the space's batch and length: how every
-        trial is priced, so a budget stated as a reference plan means the same bytes."""
-        return estimate(self.model_config, plan, self.batch, self.seq_len, self.gradient_checkpointing,
-                        accumulation=self.accumulation).total  # fmt: skip
+        """Any plan's predicted bytes under the space's measure (fine-tuning: at its batch and
+        length): how every trial is priced, so a budget stated as a reference plan means the
+        same bytes."""
+        return self.amount(estimate(self.model_config, plan, self.batch, self.seq_len,
+                                    self.gradient_checkpointing, accumulation=self.accumulation))  # fmt: skip
+
+    def amount(self, report: MemoryReport) -> int:
+        """The bytes of a predicted or measured report that the space's measure counts."""
+        if self.measure == "weights":
+            return sum(report.components.get(k, 0) for k in WEIGHT_PARTS)
+        return report.total
 
     @property
     def tokens(self) -> str:
-        """The micro-batch every memory figure assumes, e.g. ``4 × 256 tokens``."""
+        """The micro-batch fine-tuning figures assume, e.g. ``4 × 256 tokens``."""
         return f"{self.batch} × {self.seq_len} tokens"
+
+    @property
+    def basis(self) -> str:
+        """What every memory figure of this space means, after its bytes: ``at 4 × 256 tokens``."""
+        return basis_of(self.measure, self.tokens)
 
     def uniform(self, weight_format: str, rank: int) -> Plan:
         """Every layer at ``weight_format`` and ``rank`` over the space's shapes (a reference plan)."""
@@ -294,7 +316,7 @@ class SearchSpace:
             bits = sorted(set(self.layer_bits(cheapest)))
             ranks = sorted(set(self.layer_ranks(cheapest)))
             raise InfeasibleBudget(
-                f"memory budget {format_bytes(budget)}{said} at {self.tokens} is below the cheapest plan "
+                f"memory budget {format_bytes(budget)}{said} {self.basis} is below the cheapest plan "
                 f"of this space ({format_bytes(low)} at {'/'.join(map(str, bits))} bits, "
                 f"rank {'/'.join(map(str, ranks))}); raise the budget or allow other bits / smaller ranks"
             )
@@ -304,7 +326,7 @@ class SearchSpace:
         if not any(c != cheapest and self.memory(c) <= budget for c in steps):
             said = f" ({stated})" if stated else ""
             raise InfeasibleBudget(
-                f"memory budget {format_bytes(budget)}{said} at {self.tokens} fits only the cheapest plan of "
+                f"memory budget {format_bytes(budget)}{said} {self.basis} fits only the cheapest plan of "
                 f"this space ({format_bytes(low)}): nothing to search; raise the budget"
             )
 
@@ -354,4 +376,13 @@ class SearchSpace:
             "layers": [lp.shape.to_dict() if lp.shape else None for lp in self.base.layers],
             "batch": self.batch,
             "seq_len": self.seq_len,
+            # Only when not the default, so studies made before the measure existed still resume.
+            **({"measure": self.measure} if self.measure != "finetune" else {}),
         }
+
+
+def basis_of(measure: str, tokens: str | None) -> str:
+    """``at 4 × 256 tokens`` (fine-tuning) or ``in weights + LoRA (serving)``: said beside bytes."""
+    if measure == "weights":
+        return "in weights + LoRA (serving)"
+    return f"at {tokens}" if tokens else ""

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from qpruner.search.pareto import pareto_front
 from qpruner.search.records import TrialRecord, evaluated
+from qpruner.search.space import basis_of
 
 
 @dataclass
@@ -19,7 +20,8 @@ class SearchSummary:
     study_name: str = ""
     storage: str = ""  # password masked
     extra: dict = field(default_factory=dict)  # importance, initial allocation, space, ...
-    memory_at: str | None = None  # the micro-batch every memory figure assumes: "4 × 256 tokens"
+    memory_at: str | None = None  # the micro-batch fine-tuning figures assume: "4 × 256 tokens"
+    memory_measure: str = "finetune"  # what the budget and memory figures count (space.MEASURES)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -29,7 +31,14 @@ class SearchSummary:
 
     def at(self) -> str:
         """`` at 4 × 256 tokens``: what every memory figure of this search assumes."""
-        return f" at {self.memory_at}" if self.memory_at else ""
+        basis = basis_of(self.memory_measure, self.memory_at)
+        return f" {basis}" if basis else ""
+
+    def memory_label(self) -> str:
+        """The memory axis: ``fine-tuning memory at 4 × 256 tokens`` or the serving weights'."""
+        if self.memory_measure == "weights":
+            return "weights + LoRA (serving) memory"
+        return f"fine-tuning memory{self.at()}"
 
     def budget_text(self) -> str:
         """``1.21 GiB at 4 × 256 tokens (nf4: the uniform nf4 plan, rank 8)``."""
