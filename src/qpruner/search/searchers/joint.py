@@ -9,10 +9,11 @@ a large one).
 
 from __future__ import annotations
 
+from qpruner.search.allocation import allocate_bits
 from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.automixq import AutoMixQSearcher
 from qpruner.search.searchers.base import Proposal
-from qpruner.search.searchers.qpruner import INITIAL, initial_bits
+from qpruner.search.searchers.qpruner import INITIAL
 from qpruner.search.space import SearchSpace
 
 
@@ -28,7 +29,9 @@ class JointSearcher(AutoMixQSearcher):
         super().setup(study)  # the importance, measured or read back; its sensitivity the prior
         if self.importance is None:
             return  # no calibration data: plain random initial design
-        bits = initial_bits(self.space, self.importance, self.budget) if self.space.searches_bits else None
+        bits = None
+        if self.space.searches_bits:  # the sensitivity the prior is, where it was measured
+            bits = allocate_bits(self.space, self.importance, self.budget, sensitivity=self.space.sensitivity)
         self.allocation = self.space.choices_from(bits, self.space.layer_ranks({}))
 
     def initial_design(self, records: list[TrialRecord]) -> Proposal | None:

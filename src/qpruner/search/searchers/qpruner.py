@@ -2,8 +2,9 @@
 
 1. Each layer's importance to the task (mutual information between its output and the
    model's prediction on calibration data, or Taylor; :mod:`qpruner.search.layer_importance`).
-2. An initial allocation meeting the budget, greedy: every layer starts at the fewest bits,
-   then level by level the most important layers are raised first while the plan fits.
+2. An initial allocation meeting the budget (:mod:`qpruner.search.allocation`): with measured
+   sensitivity, the plan the sensitivity predicts least damaged; else the paper's greedy rule,
+   every layer from the fewest bits, the most important raised first, level by level.
 3. Bayesian optimisation seeded with that allocation: optuna's ``GPSampler`` (a Gaussian
    process with log expected improvement, maintained by optuna) minimises the error, with
    the memory budget as a constraint. Plans the GP proposes over budget are refused before
@@ -16,39 +17,16 @@ second worker uses the same ones without recomputing.
 from __future__ import annotations
 
 from qpruner.errors import QPrunerError
+from qpruner.search.allocation import allocate_bits, initial_bits
 from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.base import Proposal, Searcher
-from qpruner.search.searchers.importance import ImportanceSource, load_importance
-from qpruner.search.space import InfeasibleBudget, SearchSpace
+from qpruner.search.searchers.importance import ImportanceSource, load_importance, stored_sensitivity
+from qpruner.search.space import SearchSpace
+
+__all__ = ["QPrunerSearcher", "initial_bits"]
 
 ALLOCATION_ATTR = "initial_allocation"
 INITIAL = "initial allocation"
-
-
-def initial_bits(space: SearchSpace, importance: list[float], budget: int) -> list[int]:
-    """Greedy allocation: more bits to more important layers, within ``budget``."""
-    if len(importance) != space.num_layers:
-        raise QPrunerError(f"importance has {len(importance)} scores for {space.num_layers} layers")
-    levels = sorted(space.bits)
-    ranks = space.layer_ranks({})
-
-    def cost(b: list[int]) -> int:
-        return space.memory(space.choices_from(b, ranks))
-
-    # Start from each layer's cheapest width, which is not always the fewest bits (hqq keeps
-    # its inputs for backward: see SearchSpace.cheapest), then raise important layers first.
-    bits = [min(levels, key=lambda b, i=i: (space.layer_cost(i, b, ranks[i]), b)) for i in range(len(ranks))]
-    if cost(bits) > budget:
-        space.check_budget(budget)
-        raise InfeasibleBudget("even each layer's cheapest width exceeds the budget")
-    order = sorted(range(space.num_layers), key=lambda i: (-importance[i], i))
-    for level in levels:
-        for i in order:
-            trial = list(bits)
-            trial[i] = max(level, bits[i])
-            if trial != bits and cost(trial) <= budget:
-                bits = trial
-    return bits
 
 
 class QPrunerSearcher(Searcher):
@@ -82,7 +60,8 @@ class QPrunerSearcher(Searcher):
         self.importance = load_importance(study, self.importance_source, self.importance_method)
         stored = study.user_attrs.get(ALLOCATION_ATTR)
         if stored is None:
-            bits = initial_bits(self.space, self.importance, self.budget)
+            sens = stored_sensitivity(study) if self.importance_method == "sensitivity" else None
+            bits = allocate_bits(self.space, self.importance, self.budget, sensitivity=sens)
             stored = self.space.choices_from(bits, self.space.layer_ranks({}))
             study.set_user_attr(ALLOCATION_ATTR, stored)
         self.allocation = {k: int(v) for k, v in stored.items()}
