@@ -85,3 +85,16 @@ def test_a_trial_measures_the_weights_it_holds_not_its_step_peak():
 def test_an_unknown_measure_is_one_line():
     with pytest.raises(QPrunerError, match="unknown memory measure 'activations'"):
         make_space("bits", LAYERS, measure="activations")
+
+
+@pytest.mark.parametrize("command", ["search", "run"])
+def test_the_flag_reaches_the_search(command):
+    from qpruner.cli import build_parser
+    from qpruner.cli.search import search_config
+
+    base = [command, "--model", "m", "--out", "o", "--train-data", "t", "--memory-budget", "nf4"]
+    assert search_config(build_parser().parse_args(base)).memory_measure == "finetune"
+    parsed = build_parser().parse_args([*base, "--memory-measure", "weights"])
+    assert search_config(parsed).memory_measure == "weights"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--memory-measure", "activations"])
