@@ -9,11 +9,11 @@ from search_helpers import SyntheticEvaluator, budget_between, make_space
 
 from qpruner.errors import QPrunerError
 from qpruner.plan import Plan
+from qpruner.search.allocation import initial_bits
 from qpruner.search.pareto import hypervolume, pareto_front
 from qpruner.search.run import run_search
 from qpruner.search.search_run import SearchRun
 from qpruner.search.searchers import METHODS
-from qpruner.search.searchers.qpruner import initial_bits
 from qpruner.search.space import InfeasibleBudget, parse_size
 
 LAYERS = 6

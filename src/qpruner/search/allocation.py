@@ -43,8 +43,8 @@ def initial_bits(space: SearchSpace, importance: list[float], budget: int) -> li
     def cost(b: list[int]) -> int:
         return space.memory(space.choices_from(b, ranks))
 
-    # Start from each layer's cheapest width, which is not always the fewest bits (hqq keeps
-    # its inputs for backward: see SearchSpace.cheapest), then raise important layers first.
+    # Start from each layer's cheapest width, which is not always the fewest bits (scales and
+    # dequantization transients: see SearchSpace.cheapest), then raise important layers first.
     bits = [min(levels, key=lambda b, i=i: (space.layer_cost(i, b, ranks[i]), b)) for i in range(len(ranks))]
     if cost(bits) > budget:
         space.check_budget(budget)

@@ -17,13 +17,11 @@ second worker uses the same ones without recomputing.
 from __future__ import annotations
 
 from qpruner.errors import QPrunerError
-from qpruner.search.allocation import allocate_bits, initial_bits
+from qpruner.search.allocation import allocate_bits
 from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.base import Proposal, Searcher
 from qpruner.search.searchers.importance import ImportanceSource, load_importance, stored_sensitivity
 from qpruner.search.space import SearchSpace
-
-__all__ = ["QPrunerSearcher", "initial_bits"]
 
 ALLOCATION_ATTR = "initial_allocation"
 INITIAL = "initial allocation"
