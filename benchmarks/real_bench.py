@@ -12,7 +12,9 @@ under bf16 compute and a plan can trade them for 8-bit layers at NF4's memory, a
 (under float32 compute hardly: hqq's scales and dequantization are float32 too; see the README).
 ``--budget weights`` searches under uniform NF4's served weights and adapters instead
 (``--memory-measure weights``): the papers' regime, where weights dominate memory, which fine-tuning
-a 135M model at 4 x 256 tokens is not (activations are most of its step).
+a 135M model at 4 x 256 tokens is not (activations are most of its step);
+``--budget weights-midway`` halfway from there to uniform int8's, where
+``allocation_frontier.py`` finds room for a mixed plan (at NF4's own memory it finds none).
 
 Columns: WikiText-2 test perplexity,
 each zero-shot task's accuracy and their average (a fixed, seeded sample of items per task on
@@ -49,6 +51,8 @@ from qpruner.models.catalog import fetch_model
 from qpruner.prune.workflow import prune_checkpoint
 from qpruner.reference import resolve_corpus
 from qpruner.search import SearchConfig, search_model
+from qpruner.search.budget import resolve_budget
+from qpruner.search.from_model import build_space
 from qpruner.search.recipe import trial_training
 
 ROOT = Path(__file__).resolve().parent
@@ -63,6 +67,7 @@ UNIFORM = (  # (row, plan source, LoftQ)
     ("LoftQ NF4", PlanSource(bits=4), True),
     ("int8 + LoRA", PlanSource(bits=8), False),
 )
+BITS = (2, 3, 4, 8, 16)  # the searched rows' widths
 SEARCHED = (
     ("QPruner", "qpruner", "bits"),
     ("AutoMixQ", "automixq", "bits"),
@@ -93,9 +98,10 @@ def parse_args() -> argparse.Namespace:
         help="also recover every done row with these training seeds (comma list): the seed spread",
     )  # fmt: skip
     ap.add_argument(
-        "--budget", choices=("nf4", "midway", "weights"), default="nf4",
+        "--budget", choices=("nf4", "midway", "weights", "weights-midway"), default="nf4",
         help="searched rows' memory budget: the QLoRA NF4 row's fine-tuning memory (default), halfway "
-        "to int8's, or uniform NF4's served weights + LoRA (--memory-measure weights)",
+        "to int8's, or uniform NF4's served weights + LoRA (--memory-measure weights), or halfway "
+        "from those to uniform int8's",
     )  # fmt: skip
     ap.add_argument("--work", default=str(ROOT / "out" / "real_bench"))
     ap.add_argument("--out", default=str(RESULTS))
@@ -217,9 +223,9 @@ def search(pruned: Path, method: str, space: str, *, budget: int | str, args, ct
     cfg = SearchConfig(
         method=method,
         memory_budget=budget,
-        memory_measure="weights" if args.budget == "weights" else "finetune",
+        memory_measure="weights" if args.budget.startswith("weights") else "finetune",
         space=space,
-        bits=(2, 3, 4, 8, 16),
+        bits=BITS,
         ranks=(2, 4, 8, 16),
         trials=args.search_trials,
         # Trials price memory at the recovery's batch shape, so the budget means the same thing.
@@ -232,6 +238,13 @@ def search(pruned: Path, method: str, space: str, *, budget: int | str, args, ct
     if found.plan is None:
         raise RuntimeError(f"{method}: no plan within the budget")
     return found.plan, len(found.summary.records), found.summary.budget
+
+
+def weights_midway(pruned: Path) -> int:
+    """Halfway between uniform NF4's and uniform int8's weights + LoRA, priced as the search
+    prices plans: where the allocation frontier says a mixed plan has room to pay."""
+    space = build_space(pruned, SearchConfig(memory_measure="weights", bits=BITS))
+    return (resolve_budget("nf4", space).bytes + resolve_budget("int8", space).bytes) // 2
 
 
 def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
@@ -268,6 +281,8 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
             budget = (low["memory_predicted"] + high["memory_predicted"]) // 2
         elif args.budget == "weights":
             budget = "nf4"  # priced by the search's space, as the weights the NF4 row holds
+        elif args.budget == "weights-midway":
+            budget = weights_midway(pruned_dir)
         plan, n, budget = search(
             pruned_dir, method, space, budget=budget, args=args, ctx=ctx, name=key.replace("/", "-")
         )
