@@ -90,6 +90,17 @@ def test_at_a_reference_plan_s_budget_least_damage_never_predicts_more_damage_th
     assert sens.predicted_delta(found) <= sens.predicted_delta([4] * 8) + 1e-12
 
 
+def test_on_equal_damage_the_cheaper_width_is_kept():
+    """A layer that loses nothing at any width costs only memory: its cheapest width, which in
+    a float32 plan may be NF4 rather than hqq3 (a float32 scale and zero per group; here on
+    the even layers, whose width packs worse), never the narrower one by default."""
+    space = make_space("bits", 4, bits=(3, 4, 8), measure="weights")
+    cheapest = [min((3, 4, 8), key=lambda b, i=i: space.layer_cost(i, b, 8)) for i in range(4)]
+    assert cheapest == [4, 3, 4, 3]
+    free = _sens([[0.0, 0.0]] * 4)
+    assert least_damage_bits(space, free, resolve_budget("int8", space).bytes) == cheapest
+
+
 def test_without_sensitivity_the_allocation_is_the_papers_greedy():
     space, sens = _space(6), _fragile_first(6)
     budget = resolve_budget("nf4", space).bytes

@@ -79,7 +79,9 @@ def least_damage_bits(space: SearchSpace, sensitivity: Sensitivity, budget: int)
     picks = []
     for i in range(space.num_layers):
         new, pick = np.full(GRID + 1, np.inf), np.zeros(GRID + 1, dtype=int)
-        for k in range(len(levels)):  # widest last: on equal damage the cheaper width stays
+        # Cheapest first, so on equal damage the cheaper width stays (not always the narrower:
+        # hqq3 can hold more bytes than NF4).
+        for k in sorted(range(len(levels)), key=lambda k, i=i: (costs[i, k], levels[k])):
             u = units[i, k]
             if u > GRID:
                 continue
