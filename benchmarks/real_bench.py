@@ -40,6 +40,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from real_table import table
 
 from qpruner import EvalConfig, PlanSource, PruneConfig, TrainConfig, evaluate_model, finetune
@@ -48,6 +49,7 @@ from qpruner.data_sources import find_shared_data
 from qpruner.loader import load_model
 from qpruner.lora.export import PLAN_FILE
 from qpruner.models.catalog import fetch_model
+from qpruner.plan import Plan
 from qpruner.prune.workflow import prune_checkpoint
 from qpruner.reference import resolve_corpus
 from qpruner.search import SearchConfig, search_model
@@ -68,6 +70,7 @@ UNIFORM = (  # (row, plan source, LoftQ)
     ("int8 + LoRA", PlanSource(bits=8), False),
 )
 BITS = (2, 3, 4, 8, 16)  # the searched rows' widths
+SHUFFLED = " widths shuffled"  # --shuffled rows: a searched row's widths on random layers
 SEARCHED = (
     ("QPruner", "qpruner", "bits"),
     ("AutoMixQ", "automixq", "bits"),
@@ -102,6 +105,11 @@ def parse_args() -> argparse.Namespace:
         help="searched rows' memory budget: the QLoRA NF4 row's fine-tuning memory (default), halfway "
         "to int8's, or uniform NF4's served weights + LoRA (--memory-measure weights), or halfway "
         "from those to uniform int8's",
+    )  # fmt: skip
+    ap.add_argument(
+        "--shuffled", default="",
+        help="searched rows (comma list) to recover again with their widths shuffled across layers "
+        "(seeded, within the row's budget): is the search's placement better than chance?",
     )  # fmt: skip
     ap.add_argument("--work", default=str(ROOT / "out" / "real_bench"))
     ap.add_argument("--out", default=str(RESULTS))
@@ -301,18 +309,51 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
         print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f} ({n} trials)", flush=True)
 
 
-def run_train_seeds(ratio: float, rows: Rows, *, args, ctx: dict, seeds: list[int], wanted) -> None:
+def shuffled_plan(pruned: Path, plan_file: Path, *, budget: int, measure: str, seed: int = 0):
+    """``plan_file``'s widths (the same multiset) placed on layers at random, redrawn until the
+    plan is within ``budget`` under ``measure``: the searched row's memory, not its choices."""
+    space = build_space(pruned, SearchConfig(memory_measure=measure, bits=BITS))
+    widths = [int(round(b)) for b in Plan.load(plan_file).bits_per_layer()]
+    rng = np.random.default_rng(seed)
+    for _ in range(10_000):
+        choices = space.choices_from([int(b) for b in rng.permutation(widths)])
+        if space.memory(choices) <= budget:
+            return space.plan(choices)
+    raise RuntimeError(f"no shuffle of {plan_file}'s widths fits {budget} bytes")
+
+
+def run_shuffled(ratio: float, rows: Rows, *, args, ctx: dict, names: list[str]) -> None:
+    """Each named searched row again, its widths shuffled across layers within its budget."""
+    measure = "weights" if args.budget.startswith("weights") else "finetune"
+    for name in names:
+        src, key = rows.get(f"{ratio}/{name}"), f"{ratio}/{name}{SHUFFLED}"
+        if src is None or rows.get(key) is not None:
+            continue
+        t0 = time.perf_counter()
+        plan_file = Path(args.work) / f"{ratio}/{name}".replace(" ", "_") / PLAN_FILE
+        plan = shuffled_plan(Path(args.work) / f"pruned-{ratio}", plan_file, budget=src["search_budget"],
+                             measure=measure)  # fmt: skip
+        row = recover(Path(args.work) / f"pruned-{ratio}", plan, loftq=False, args=args, ctx=ctx,
+                      name=key.replace(" ", "_"))  # fmt: skip
+        rows.put(key, row | {"evaluations": 1, "wall_seconds": time.perf_counter() - t0})
+        print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
+
+
+def run_train_seeds(
+    ratio: float, rows: Rows, *, args, ctx: dict, seeds: list[int], wanted, extra: list[str] = ()
+) -> None:
     """Every recovered row again with other training seeds (LoRA init, data order, dropout),
     the same plan (read from the row's recovery) and tokens: the seed-to-seed spread that a
     searched row's lead over a uniform one must exceed. Seed-major, so a cut-off run leaves
     every row with the same seeds."""
     loftq = {name: lq for name, _, lq in UNIFORM}
-    names = [u[0] for u in UNIFORM] + [s[0] for s in SEARCHED]
+    names = [u[0] for u in UNIFORM] + [s[0] for s in SEARCHED] + list(extra)
     for seed in seeds:
         for name in names:
             key = f"{ratio}/{name}"
             seeded = f"{key} train seed {seed}"
-            if not wanted(name) or rows.get(key) is None or rows.get(seeded) is not None or seed == 42:
+            chosen = wanted(name) or name in extra
+            if not chosen or rows.get(key) is None or rows.get(seeded) is not None or seed == 42:
                 continue  # 42: TrainConfig's seed, the row itself
             t0 = time.perf_counter()
             plan = PlanSource.from_file(Path(args.work) / key.replace(" ", "_") / PLAN_FILE)
@@ -324,7 +365,7 @@ def run_train_seeds(ratio: float, rows: Rows, *, args, ctx: dict, seeds: list[in
 
 def main() -> None:
     args = parse_args()
-    skip = ("rows", "ratios", "table", "out", "work", "train_seeds")  # not the rows' recipe
+    skip = ("rows", "ratios", "table", "out", "work", "train_seeds", "shuffled")  # not the rows' recipe
     settings = {k: v for k, v in vars(args).items() if k not in skip}
     rows = Rows(Path(args.out), settings, read_only=args.table)
     if args.table:
@@ -345,8 +386,11 @@ def main() -> None:
         print(f"dense: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
     for ratio in (float(r) for r in args.ratios.split(",")):
         run_ratio(ratio, rows, args=args, ctx=ctx, wanted=wanted)
+        shuffled = [n for n in args.shuffled.split(",") if n]
+        run_shuffled(ratio, rows, args=args, ctx=ctx, names=shuffled)
         seeds = [int(s) for s in args.train_seeds.split(",") if s]
-        run_train_seeds(ratio, rows, args=args, ctx=ctx, seeds=seeds, wanted=wanted)
+        extra = [f"{n}{SHUFFLED}" for n in shuffled]
+        run_train_seeds(ratio, rows, args=args, ctx=ctx, seeds=seeds, wanted=wanted, extra=extra)
     print(f"\n{time.perf_counter() - t_start:.0f} s this run; table ({args.out}):\n")
     print(table(rows.data))
 
