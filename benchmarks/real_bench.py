@@ -71,6 +71,7 @@ UNIFORM = (  # (row, plan source, LoftQ)
 )
 BITS = (2, 3, 4, 8, 16)  # the searched rows' widths
 SHUFFLED = " widths shuffled"  # --shuffled rows: a searched row's widths on random layers
+MEASURE = {"weights": "weights", "weights-midway": "weights"}  # --budget -> what it limits (else finetune)
 SEARCHED = (
     ("QPruner", "qpruner", "bits"),
     ("AutoMixQ", "automixq", "bits"),
@@ -231,7 +232,7 @@ def search(pruned: Path, method: str, space: str, *, budget: int | str, args, ct
     cfg = SearchConfig(
         method=method,
         memory_budget=budget,
-        memory_measure="weights" if args.budget.startswith("weights") else "finetune",
+        memory_measure=MEASURE.get(args.budget, "finetune"),
         space=space,
         bits=BITS,
         ranks=(2, 4, 8, 16),
@@ -324,7 +325,7 @@ def shuffled_plan(pruned: Path, plan_file: Path, *, budget: int, measure: str, s
 
 def run_shuffled(ratio: float, rows: Rows, *, args, ctx: dict, names: list[str]) -> None:
     """Each named searched row again, its widths shuffled across layers within its budget."""
-    measure = "weights" if args.budget.startswith("weights") else "finetune"
+    measure = MEASURE.get(args.budget, "finetune")
     for name in names:
         src, key = rows.get(f"{ratio}/{name}"), f"{ratio}/{name}{SHUFFLED}"
         if src is None or rows.get(key) is not None:
