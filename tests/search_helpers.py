@@ -8,6 +8,7 @@ from pathlib import Path
 from qpruner.architecture import LayerShape
 from qpruner.plan import FORMATS, Plan
 from qpruner.search.evaluator import Evaluation
+from qpruner.search.sensitivity import Sensitivity
 from qpruner.search.space import SearchSpace
 
 CONFIG = {
@@ -30,6 +31,19 @@ def make_space(search: str = "bits", layers: int = 6, **kw) -> SearchSpace:
     return SearchSpace(
         base, {**CONFIG, "num_hidden_layers": layers}, search=search, batch=1, seq_len=64, **kw
     )
+
+
+def sensitivity(delta: list[list[float]], bits=(2, 3)) -> Sensitivity:
+    """A measured sensitivity with the given Δ loss per layer and width (no model run)."""
+    return Sensitivity(list(bits), 3.0, delta, tokens=100, seconds=1.0)
+
+
+def new_study():
+    """An in-memory optuna study for a searcher's ``setup`` (no storage, no log lines)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study()
 
 
 def budget_between(space: SearchSpace, share: float) -> int:

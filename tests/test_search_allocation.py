@@ -5,9 +5,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import optuna
 import pytest
-from search_helpers import make_space
+from search_helpers import make_space, new_study, sensitivity
 
 from qpruner.search.allocation import GRID, allocate_bits, initial_bits, least_damage_bits
 from qpruner.search.budget import resolve_budget
@@ -18,13 +17,9 @@ from qpruner.search.sensitivity import Sensitivity
 BITS = (2, 3, 4, 8, 16)
 
 
-def _sens(delta: list[list[float]]) -> Sensitivity:
-    return Sensitivity(bits=[2, 3], base_loss=3.0, delta=delta, tokens=64, seconds=0.0)
-
-
 def _fragile_first(layers: int) -> Sensitivity:
     """Layer 0 loses a lot at few bits, the others almost nothing."""
-    return _sens([[2.0, 0.6]] + [[0.01, 0.004]] * (layers - 1))
+    return sensitivity([[2.0, 0.6]] + [[0.01, 0.004]] * (layers - 1))
 
 
 def _space(layers: int, measure: str = "weights"):
@@ -50,7 +45,7 @@ def test_least_damage_is_the_best_plan_within_budget(share):
     """Against every plan of a 3-layer space: nothing that fits predicts less damage (up to
     plans within a few grid steps of the budget, which the grid's rounding may exclude)."""
     space = _space(3)
-    sens = _sens([[1.5, 0.5], [0.2, 0.05], [0.8, 0.1]])
+    sens = sensitivity([[1.5, 0.5], [0.2, 0.05], [0.8, 0.1]])
     plans = [list(p) for p in itertools.product(BITS, repeat=3)]
     price = {tuple(p): space.memory(space.choices_from(p)) for p in plans}
     lo, hi = min(price.values()), max(price.values())
@@ -67,7 +62,7 @@ def test_where_the_price_is_not_a_sum_the_plan_still_fits_or_greedy_decides(shar
     """Fine-tuning memory on tiny shapes is not additive (SearchSpace._additive is false):
     whatever the knapsack finds is checked against the full price, else greedy decides."""
     space = _space(3, "finetune")
-    sens = _sens([[1.5, 0.5], [0.2, 0.05], [0.8, 0.1]])
+    sens = sensitivity([[1.5, 0.5], [0.2, 0.05], [0.8, 0.1]])
     prices = [space.memory(space.choices_from(list(p))) for p in itertools.product(BITS, repeat=3)]
     low = space.memory(space.cheapest())  # what the search itself refuses below
     budget = int(low + share * (max(prices) - low))
@@ -83,7 +78,7 @@ def test_at_a_reference_plan_s_budget_least_damage_never_predicts_more_damage_th
     grid rounds costs down): with any sensitivity the plan found is at most NF4's damage."""
     rng = np.random.default_rng(seed)
     space = _space(8)
-    sens = _sens([sorted(rng.uniform(0.01, 2.0, size=2), reverse=True) for _ in range(8)])
+    sens = sensitivity([sorted(rng.uniform(0.01, 2.0, size=2), reverse=True) for _ in range(8)])
     budget = resolve_budget("nf4", space).bytes
     found = least_damage_bits(space, sens, budget)
     assert space.memory(space.choices_from(found)) <= budget
@@ -97,7 +92,7 @@ def test_on_equal_damage_the_cheaper_width_is_kept():
     space = make_space("bits", 4, bits=(3, 4, 8), measure="weights")
     cheapest = [min((3, 4, 8), key=lambda b, i=i: space.layer_cost(i, b, 8)) for i in range(4)]
     assert cheapest == [4, 3, 4, 3]
-    free = _sens([[0.0, 0.0]] * 4)
+    free = sensitivity([[0.0, 0.0]] * 4)
     assert least_damage_bits(space, free, resolve_budget("int8", space).bytes) == cheapest
 
 
@@ -111,11 +106,6 @@ def test_without_sensitivity_the_allocation_is_the_papers_greedy():
     assert allocate_bits(space, sens.scores(), budget, sensitivity=wrong) == [4] * 6
 
 
-def _study():
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study()
-
-
 @pytest.mark.parametrize("cls", [QPrunerSearcher, JointSearcher])
 def test_the_searchers_start_from_least_damage_when_sensitivity_was_measured(cls):
     space, sens = _space(6), _fragile_first(6)
@@ -123,11 +113,11 @@ def test_the_searchers_start_from_least_damage_when_sensitivity_was_measured(cls
     profile = {"scores": sens.scores(), "profile": {"sensitivity": sens.to_dict()}}
     kw = {"importance_method": "sensitivity"} if cls is QPrunerSearcher else {"n_initial": 2}
     searcher = cls(space, budget, importance=lambda: profile, **kw)
-    study = _study()
+    study = new_study()
     searcher.setup(study)
     assert space.layer_bits(searcher.allocation) == least_damage_bits(space, sens, budget)
     if cls is QPrunerSearcher:
         assert study.user_attrs[ALLOCATION_ATTR] == searcher.allocation
         mi = QPrunerSearcher(space, budget, importance=lambda: profile, importance_method="mi")
-        mi.setup(_study())  # another importance: the paper's greedy rule on its scores
+        mi.setup(new_study())  # another importance: the paper's greedy rule on its scores
         assert space.layer_bits(mi.allocation) == [4] * 6

@@ -5,29 +5,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from search_helpers import budget_between, make_space
+from search_helpers import budget_between, make_space, new_study, sensitivity
 
 from qpruner.errors import QPrunerError
 from qpruner.search.performance import PerformanceModel, PerformanceModelConfig, rank_correlation
 from qpruner.search.records import TrialRecord
 from qpruner.search.searchers.automixq import AutoMixQSearcher
-from qpruner.search.sensitivity import Sensitivity
 
 BITS = np.array([2, 3, 4, 8, 16])
 
 
-def _sens(delta: list[list[float]], bits=(2, 3)) -> Sensitivity:
-    return Sensitivity(list(bits), 3.0, delta, tokens=100, seconds=1.0)
-
-
 def test_sensitivity_extrapolates_geometrically_per_layer():
-    s = _sens([[0.4, 0.1], [0.2, 0.3], [-0.01, 0.0]])
+    s = sensitivity([[0.4, 0.1], [0.2, 0.3], [-0.01, 0.0]])
     assert s.at(0, 2) == 0.4 and s.at(0, 3) == 0.1
     assert s.at(0, 4) == pytest.approx(0.1 * 0.25) and s.at(0, 8) == pytest.approx(0.1 * 0.25**5)
     assert s.at(1, 4) == pytest.approx(0.3)  # measured wider costs more: factor capped at 1
     assert s.at(2, 2) == 0.0 and s.at(2, 4) == 0.0  # a layer that quantizes for free stays free
     assert s.at(0, 16) == 0.0
-    one = _sens([[0.8]], bits=(3,))
+    one = sensitivity([[0.8]], bits=(3,))
     assert one.at(0, 4) == pytest.approx(0.2) and one.at(0, 2) == pytest.approx(3.2)  # a quarter per bit
     assert s.predicted_delta([2, 4, 16]) == pytest.approx(0.4 + 0.3 + 0.0)
     with pytest.raises(QPrunerError, match="3 layers"):
@@ -36,7 +31,7 @@ def test_sensitivity_extrapolates_geometrically_per_layer():
 
 def test_space_prior_column_is_the_plan_s_predicted_delta():
     space = make_space(
-        "bits", layers=4, sensitivity=_sens([[0.4, 0.1], [0.2, 0.05], [0.1, 0.01], [1.0, 0.5]])
+        "bits", layers=4, sensitivity=sensitivity([[0.4, 0.1], [0.2, 0.05], [0.1, 0.01], [1.0, 0.5]])
     )
     choices = space.sample(np.random.default_rng(0))
     f = space.features(choices)
@@ -77,24 +72,17 @@ def test_a_prior_that_is_noise_is_not_chosen():
     assert model.describe()["features_used"] != "prior" and model.cv_rho["prior"] < 0.5
 
 
-def _study():
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study()
-
-
 def test_automixq_takes_the_study_s_sensitivity_as_its_prior(monkeypatch):
     layers = 6
-    sens = _sens([[4.0 / (1 + i), 1.0 / (1 + i)] for i in range(layers)])
+    sens = sensitivity([[4.0 / (1 + i), 1.0 / (1 + i)] for i in range(layers)])
     space = make_space("bits", layers)
     budget = budget_between(space, 0.6)
     plain = AutoMixQSearcher(space, budget)
-    plain.setup(_study())
+    plain.setup(new_study())
     assert plain.space.sensitivity is None and plain.prior_columns() is None
 
     profile = {"scores": sens.scores(), "profile": {"sensitivity": sens.to_dict()}}
-    study = _study()
+    study = new_study()
     searcher = AutoMixQSearcher(space, budget, importance=lambda: profile)
     searcher.setup(study)
     assert study.user_attrs["importance"]["profile"]["sensitivity"]["delta"] == sens.delta
@@ -154,7 +142,7 @@ def test_with_few_plans_the_prior_is_trusted_and_automixq_starts_sooner():
 
     layers = 6
     space = make_space("bits", layers)
-    sens = _sens([[1.0 / (1 + i), 0.2 / (1 + i)] for i in range(layers)])
+    sens = sensitivity([[1.0 / (1 + i), 0.2 / (1 + i)] for i in range(layers)])
     budget = budget_between(space, 0.6)
     plain = AutoMixQSearcher(space, budget)
     primed = AutoMixQSearcher(make_space("bits", layers, sensitivity=sens), budget)
