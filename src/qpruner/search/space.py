@@ -20,16 +20,10 @@ import numpy as np
 from qpruner.errors import QPrunerError
 from qpruner.memory import MemoryReport, estimate
 from qpruner.plan import BITS_TO_FORMAT, Plan, format_for_bits
+from qpruner.search.measure import MEASURES, WEIGHT_PARTS, basis_of
 from qpruner.search.sensitivity import Sensitivity
 
 SPACES = ("bits", "ranks", "joint")
-#: What a budget limits. "finetune": the whole fine-tuning step (weights, LoRA, AdamW, step
-#: peak) at the trials' batch shape, the papers' measure. "weights": what serving the adapted
-#: model holds, the packed base plus its unmerged adapters. On a 7B model the two rank plans
-#: alike (weights dominate); on a 135M model at 4 × 256 tokens activations dominate fine-tuning
-#: memory, so every width costs nearly the same there and only a weight budget makes bits trade.
-MEASURES = ("finetune", "weights")
-WEIGHT_PARTS = ("packed_weights", "dense_weights", "lora_params")
 
 
 class InfeasibleBudget(QPrunerError):
@@ -379,10 +373,3 @@ class SearchSpace:
             # Only when not the default, so studies made before the measure existed still resume.
             **({"measure": self.measure} if self.measure != "finetune" else {}),
         }
-
-
-def basis_of(measure: str, tokens: str | None) -> str:
-    """``at 4 × 256 tokens`` (fine-tuning) or ``in weights + LoRA (serving)``: said beside bytes."""
-    if measure == "weights":
-        return "in weights + LoRA (serving)"
-    return f"at {tokens}" if tokens else ""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from qpruner.search.measure import basis_of
 from qpruner.search.pareto import pareto_front
 from qpruner.search.records import TrialRecord, evaluated
-from qpruner.search.space import basis_of
 
 
 @dataclass
