@@ -199,11 +199,11 @@ def train_config(steps: int) -> TrainConfig:
     )
 
 
-def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str, seed: int | None = None) -> dict:
+def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str, **train) -> dict:
     """Recover ``pruned`` per ``plan`` on valid.txt (same tokens for every row) and evaluate it.
-    ``seed``: another training seed (LoRA init, data order, dropout) than TrainConfig's."""
+    ``train``: TrainConfig fields other than the recipe's (``seed``: LoRA init, data order, dropout)."""
     t0 = time.perf_counter()
-    train = train_config(args.steps) if seed is None else replace(train_config(args.steps), seed=seed)
+    train = replace(train_config(args.steps), **train)
     res = finetune(
         pruned,
         ctx["corpus"] / "valid.txt",

@@ -1,0 +1,144 @@
+"""Bits for rank at uniform NF4's served memory: is a LoRA rank worth more than its bytes in bits?
+
+At exactly uniform NF4's weights + LoRA, uniform NF4 is the least-damage plan on SmolLM2-135M
+(``allocation_frontier.py``): the only width cheaper than NF4 is 2 bits, whose damage no 8-bit
+layer repays. The one other thing a plan holds in that memory is its adapters. This benchmark
+takes the bytes from there: every layer at rank R (below the reference's 8), and the bytes that
+frees spent by the least-damage knapsack (``qpruner.search.allocation.least_damage_bits``, the
+plan QPruner's search starts from) on 8-bit layers, within uniform NF4 rank 8's weights + LoRA.
+Beside each, uniform NF4 at the same rank (the rank's own cost, without the bits it buys), and
+NF4 at rank 8, the reference. Each is recovered exactly like real_bench's rows (same tokens,
+``recover``), with extra training seeds for the spread.
+
+It runs inside a real_bench work directory: the pruned model of ``--ratio`` and the layer
+sensitivity stored by real_bench's QPruner search under ``--budget weights`` or
+``weights-midway`` (``search-RATIO-QPruner/study.db``), so the plans use the sensitivity that
+search used. Resumable per row, like real_bench.
+
+    python benchmarks/real_bench.py --ratios 0.2 --budget weights --rows pruned,QPruner ...
+    python benchmarks/rank_trade.py --work benchmarks/out/real_bench --ranks 2,4,8 --train-seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import real_bench as rb
+from real_table import mean_se
+
+from qpruner.checkpoint import load_tokenizer
+from qpruner.data_sources import find_shared_data
+from qpruner.reference import resolve_corpus
+from qpruner.search import SearchConfig
+from qpruner.search.allocation import least_damage_bits
+from qpruner.search.budget import resolve_budget
+from qpruner.search.from_model import build_space
+from qpruner.search.searchers.importance import stored_sensitivity
+
+RESULTS = rb.ROOT / "results" / "rank_trade.json"
+REFERENCE = "uniform:4:8"  # the budget: uniform NF4 at rank 8, weights + LoRA
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default=str(rb.ROOT / "out" / "real_bench"), help="a real_bench work directory")
+    ap.add_argument("--ratio", default="0.2")
+    ap.add_argument("--ranks", default="2,4,8", help="every layer's rank in the rows (8: the reference)")
+    ap.add_argument("--lr-scaled", default="", help="ranks whose NF4 row is rerun at lr x 8/rank, e.g. 2")
+    ap.add_argument("--train-seeds", default="", help="extra training seeds for every row, e.g. 1,2")
+    ap.add_argument("--steps", type=int, default=20)  # real_bench's weights runs' recipe
+    ap.add_argument("--ppl-tokens", type=int, default=20_000)
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--tasks", default="qp_piqa,qp_arc_easy,qp_winogrande,qp_copa")
+    ap.add_argument("--task-data", default=str(find_shared_data("zeroshot", files=["piqa.jsonl"]) or ""))
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--table", action="store_true", help="print the table from --out and stop")
+    return ap.parse_args()
+
+
+def plans(pruned: Path, study_db: Path, ranks: list[int], *, lr_scaled: list[int]) -> dict[str, dict]:
+    """Row name -> its plan and facts: NF4 at each rank; at each rank below 8 the least-damage
+    bits within uniform NF4 rank 8's weights + LoRA; NF4 at each ``lr_scaled`` rank again with
+    the learning rate times 8 / rank (is a rank worth its bytes, or only its larger step?)."""
+    if not study_db.is_file():
+        raise SystemExit(f"{study_db} not found: run real_bench's QPruner row with --budget weights first")
+    study = optuna.load_study(study_name="qpruner", storage=f"sqlite:///{study_db}")
+    sens = stored_sensitivity(study)
+    if sens is None:
+        raise SystemExit(f"{study_db} stored no measured sensitivity (--layer-importance sensitivity)")
+    budget = resolve_budget(
+        REFERENCE, build_space(pruned, SearchConfig(memory_measure="weights", bits=rb.BITS))
+    )
+    out = {}
+    for rank in sorted(set(ranks) | set(lr_scaled)):
+        space = build_space(pruned, SearchConfig(memory_measure="weights", bits=rb.BITS, rank=rank))
+        nf4 = [4] * space.num_layers
+        rows = {f"NF4 rank {rank}": (nf4, {})} if rank in ranks else {}
+        if rank in ranks and rank < 8:
+            rows[f"least damage, rank {rank}"] = (least_damage_bits(space, sens, budget.bytes), {})
+        if rank in lr_scaled:
+            rows[f"NF4 rank {rank}, lr x{8 / rank:g}"] = (nf4, {"lr": rb.train_config(1).lr * 8 / rank})
+        for name, (bits, train) in rows.items():
+            choices, delta = space.choices_from(bits), sens.predicted_delta(bits)
+            out[name] = dict(plan=space.plan(choices), train=train, bits=bits, rank=rank,
+                             weights_lora=space.memory(choices), predicted_delta=delta)  # fmt: skip
+    return out
+
+
+def table(data: dict) -> str:
+    """Mean ± standard error over training seeds per row, with its widths and memory."""
+    head = "| row | widths | weights + LoRA MiB | predicted Δ loss | test ppl (seeds) | task avg % |"
+    out = [head, "|---|---|---|---|---|---|"]
+    for name, r in data["rows"].items():
+        if " train seed " in name:
+            continue
+        runs = [r] + [v for k, v in data["rows"].items() if k.startswith(f"{name} train seed ")]
+        ppl, avg = mean_se([x["ppl"] for x in runs]), mean_se([100 * x["task_avg"] for x in runs])
+        widths = " ".join(f"{b}b×{n}" for b, n in sorted(Counter(r["bits"]).items()))
+        out.append(f"| {name} | {widths} | {r['weights_lora'] / 2**20:.2f} | {r['predicted_delta']:.3f} | "
+                   f"{ppl[0]:.2f} ± {ppl[1]:.2f} ({len(runs)}) | {avg[0]:.1f} ± {avg[1]:.1f} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def recover_rows(rows: rb.Rows, found: dict, *, seeds: list, pruned: Path, args, ctx: dict) -> None:
+    """Each row recovered with each seed (None: the recipe's), seed-major so that a cut-off run
+    leaves every row with the same seeds; rows already stored are skipped."""
+    for seed in seeds:
+        for name, facts in found.items():
+            key = name if seed is None else f"{name} train seed {seed}"
+            if rows.get(key) is not None:
+                continue
+            t0 = time.perf_counter()
+            train = facts["train"] | ({} if seed is None else {"seed": seed})
+            dirname = f"rank_trade/{args.ratio}/{key}".replace(" ", "_").replace(",", "")
+            row = rb.recover(pruned, facts["plan"], loftq=False, args=args, ctx=ctx, name=dirname, **train)
+            kept = {k: v for k, v in facts.items() if k not in ("plan", "train")} | facts["train"]
+            rows.put(key, row | kept | {"wall_seconds": time.perf_counter() - t0})
+            print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    skip = ("table", "out", "work", "train_seeds", "ranks", "lr_scaled")  # not the rows' recipe
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
+    rows = rb.Rows(Path(args.out), settings, read_only=args.table)
+    if not args.table:
+        work, ratio = Path(args.work), float(args.ratio)
+        pruned = work / f"pruned-{ratio}"
+        if not (pruned / "config.json").is_file():
+            raise SystemExit(f"{pruned} not found: run real_bench.py --ratios {ratio} --work {work} first")
+        ctx = {"corpus": resolve_corpus(fallback=False), "tokenizer": load_tokenizer(pruned)}
+        ranks = [int(r) for r in args.ranks.split(",")]
+        lr_scaled = [int(r) for r in args.lr_scaled.split(",") if r]
+        found = plans(pruned, work / f"search-{ratio}-QPruner" / "study.db", ranks, lr_scaled=lr_scaled)
+        seeds = [None] + [int(s) for s in args.train_seeds.split(",") if s]
+        recover_rows(rows, found, seeds=seeds, pruned=pruned, args=args, ctx=ctx)
+    print(table(rows.data))
+
+
+if __name__ == "__main__":
+    main()
