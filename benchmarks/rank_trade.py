@@ -8,7 +8,9 @@ frees spent by the least-damage knapsack (``qpruner.search.allocation.least_dama
 plan QPruner's search starts from) on 8-bit layers, within uniform NF4 rank 8's weights + LoRA.
 Beside each, uniform NF4 at the same rank (the rank's own cost, without the bits it buys), and
 NF4 at rank 8, the reference. Each is recovered exactly like real_bench's rows (same tokens,
-``recover``), with extra training seeds for the spread.
+``recover``), with extra training seeds for the spread. With alpha = 2 x rank (the space's rule)
+a smaller rank also takes smaller steps, so a row may scale the learning rate (``nf4:2:4``: NF4
+at rank 2, lr x 4) to tell a rank's capacity from its step size.
 
 It runs inside a real_bench work directory: the pruned model of ``--ratio`` and the layer
 sensitivity stored by real_bench's QPruner search under ``--budget weights`` or
@@ -16,7 +18,8 @@ sensitivity stored by real_bench's QPruner search under ``--budget weights`` or
 search used. Resumable per row, like real_bench.
 
     python benchmarks/real_bench.py --ratios 0.2 --budget weights --rows pruned,QPruner ...
-    python benchmarks/rank_trade.py --work benchmarks/out/real_bench --ranks 2,4,8 --train-seeds 1
+    python benchmarks/rank_trade.py --work benchmarks/out/real_bench --train-seeds 1
+    python benchmarks/rank_trade.py --work benchmarks/out/real_bench --rows nf4:2:4,least:2:4,nf4:8:4
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -41,14 +45,14 @@ from qpruner.search.searchers.importance import stored_sensitivity
 
 RESULTS = rb.ROOT / "results" / "rank_trade.json"
 REFERENCE = "uniform:4:8"  # the budget: uniform NF4 at rank 8, weights + LoRA
+ROWS = "nf4:2,least:2,nf4:4,least:4,nf4:8"
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(rb.ROOT / "out" / "real_bench"), help="a real_bench work directory")
     ap.add_argument("--ratio", default="0.2")
-    ap.add_argument("--ranks", default="2,4,8", help="every layer's rank in the rows (8: the reference)")
-    ap.add_argument("--lr-scaled", default="", help="ranks whose NF4 row is rerun at lr x 8/rank, e.g. 2")
+    ap.add_argument("--rows", default=ROWS, help="nf4:RANK or least:RANK[:LR_TIMES], comma list")
     ap.add_argument("--train-seeds", default="", help="extra training seeds for every row, e.g. 1,2")
     ap.add_argument("--steps", type=int, default=20)  # real_bench's weights runs' recipe
     ap.add_argument("--ppl-tokens", type=int, default=20_000)
@@ -60,32 +64,38 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def plans(pruned: Path, study_db: Path, ranks: list[int], *, lr_scaled: list[int]) -> dict[str, dict]:
-    """Row name -> its plan and facts: NF4 at each rank; at each rank below 8 the least-damage
-    bits within uniform NF4 rank 8's weights + LoRA; NF4 at each ``lr_scaled`` rank again with
-    the learning rate times 8 / rank (is a rank worth its bytes, or only its larger step?)."""
+def row_name(spec: str) -> tuple[str, str, int, float]:
+    """``least:2:4`` -> ("least damage, rank 2, lr x4", "least", 2, 4.0): a row's kind, rank and
+    learning-rate multiplier (is a rank worth its bytes, or only the larger step it gives?)."""
+    kind, rank, *times = spec.split(":")
+    if kind not in ("nf4", "least") or not rank.isdigit() or len(times) > 1:
+        raise SystemExit(f"bad row {spec!r}: write nf4:RANK or least:RANK, optionally :LR_TIMES")
+    lr = float(times[0]) if times else 1.0
+    name = (
+        ("NF4" if kind == "nf4" else "least damage,") + f" rank {rank}" + (f", lr x{lr:g}" if lr != 1 else "")
+    )
+    return name, kind, int(rank), lr
+
+
+def plans(pruned: Path, study_db: Path, specs: list[str]) -> dict[str, dict]:
+    """Row name -> its plan, training override and facts: ``nf4`` rows are uniform NF4 at the
+    rank; ``least`` rows the least-damage bits at the rank within uniform NF4 rank 8's weights + LoRA."""
     if not study_db.is_file():
         raise SystemExit(f"{study_db} not found: run real_bench's QPruner row with --budget weights first")
     study = optuna.load_study(study_name="qpruner", storage=f"sqlite:///{study_db}")
     sens = stored_sensitivity(study)
     if sens is None:
         raise SystemExit(f"{study_db} stored no measured sensitivity (--layer-importance sensitivity)")
-    budget = resolve_budget(
-        REFERENCE, build_space(pruned, SearchConfig(memory_measure="weights", bits=rb.BITS))
-    )
+    weights = SearchConfig(memory_measure="weights", bits=rb.BITS)
+    budget = resolve_budget(REFERENCE, build_space(pruned, weights)).bytes
     out = {}
-    for rank in sorted(set(ranks) | set(lr_scaled)):
-        space = build_space(pruned, SearchConfig(memory_measure="weights", bits=rb.BITS, rank=rank))
-        nf4 = [4] * space.num_layers
-        rows = {f"NF4 rank {rank}": (nf4, {})} if rank in ranks else {}
-        if rank in ranks and rank < 8:
-            rows[f"least damage, rank {rank}"] = (least_damage_bits(space, sens, budget.bytes), {})
-        if rank in lr_scaled:
-            rows[f"NF4 rank {rank}, lr x{8 / rank:g}"] = (nf4, {"lr": rb.train_config(1).lr * 8 / rank})
-        for name, (bits, train) in rows.items():
-            choices, delta = space.choices_from(bits), sens.predicted_delta(bits)
-            out[name] = dict(plan=space.plan(choices), train=train, bits=bits, rank=rank,
-                             weights_lora=space.memory(choices), predicted_delta=delta)  # fmt: skip
+    for name, kind, rank, lr in map(row_name, specs):
+        space = build_space(pruned, replace(weights, rank=rank))
+        bits = [4] * space.num_layers if kind == "nf4" else least_damage_bits(space, sens, budget)
+        choices, delta = space.choices_from(bits), sens.predicted_delta(bits)
+        train = {} if lr == 1 else {"lr": rb.train_config(1).lr * lr}
+        out[name] = dict(plan=space.plan(choices), train=train, bits=bits, rank=rank,
+                         weights_lora=space.memory(choices), predicted_delta=delta)  # fmt: skip
     return out
 
 
@@ -123,7 +133,7 @@ def recover_rows(rows: rb.Rows, found: dict, *, seeds: list, pruned: Path, args,
 
 def main() -> None:
     args = parse_args()
-    skip = ("table", "out", "work", "train_seeds", "ranks", "lr_scaled")  # not the rows' recipe
+    skip = ("table", "out", "work", "train_seeds", "rows")  # not the rows' recipe
     settings = {k: v for k, v in vars(args).items() if k not in skip}
     rows = rb.Rows(Path(args.out), settings, read_only=args.table)
     if not args.table:
@@ -132,9 +142,7 @@ def main() -> None:
         if not (pruned / "config.json").is_file():
             raise SystemExit(f"{pruned} not found: run real_bench.py --ratios {ratio} --work {work} first")
         ctx = {"corpus": resolve_corpus(fallback=False), "tokenizer": load_tokenizer(pruned)}
-        ranks = [int(r) for r in args.ranks.split(",")]
-        lr_scaled = [int(r) for r in args.lr_scaled.split(",") if r]
-        found = plans(pruned, work / f"search-{ratio}-QPruner" / "study.db", ranks, lr_scaled=lr_scaled)
+        found = plans(pruned, work / f"search-{ratio}-QPruner" / "study.db", args.rows.split(","))
         seeds = [None] + [int(s) for s in args.train_seeds.split(",") if s]
         recover_rows(rows, found, seeds=seeds, pruned=pruned, args=args, ctx=ctx)
     print(table(rows.data))
