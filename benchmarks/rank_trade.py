@@ -10,7 +10,9 @@ Beside each, uniform NF4 at the same rank (the rank's own cost, without the bits
 NF4 at rank 8, the reference. Each is recovered exactly like real_bench's rows (same tokens,
 ``recover``), with extra training seeds for the spread. With alpha = 2 x rank (the space's rule)
 a smaller rank also takes smaller steps, so a row may scale the learning rate (``nf4:2:4``: NF4
-at rank 2, lr x 4) to tell a rank's capacity from its step size.
+at rank 2, lr x 4) to tell a rank's capacity from its step size; ``row:NAME[:LR_TIMES]`` recovers
+the plan real_bench's row NAME recovered (``row:QPruner:4``), to see whether that table's
+comparison holds at another learning rate.
 
 It runs inside a real_bench work directory: the pruned model of ``--ratio`` and the layer
 sensitivity stored by real_bench's QPruner search under ``--budget weights`` or
@@ -20,6 +22,7 @@ search used. Resumable per row, like real_bench.
     python benchmarks/real_bench.py --ratios 0.2 --budget weights --rows pruned,QPruner ...
     python benchmarks/rank_trade.py --work benchmarks/out/real_bench --train-seeds 1
     python benchmarks/rank_trade.py --work benchmarks/out/real_bench --rows nf4:2:4,least:2:4,nf4:8:4
+    python benchmarks/rank_trade.py --work benchmarks/out/real_bench --rows "row:QPruner:4,row:int8 + LoRA:4"
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ import optuna
 import real_bench as rb
 from real_table import mean_se
 
+from qpruner import PlanSource
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
+from qpruner.lora.export import PLAN_FILE
+from qpruner.plan import Plan
 from qpruner.reference import resolve_corpus
 from qpruner.search import SearchConfig
 from qpruner.search.allocation import least_damage_bits
@@ -52,7 +58,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(rb.ROOT / "out" / "real_bench"), help="a real_bench work directory")
     ap.add_argument("--ratio", default="0.2")
-    ap.add_argument("--rows", default=ROWS, help="nf4:RANK or least:RANK[:LR_TIMES], comma list")
+    ap.add_argument("--rows", default=ROWS, help="nf4:RANK, least:RANK, row:NAME; each [:LR_TIMES]")
     ap.add_argument("--train-seeds", default="", help="extra training seeds for every row, e.g. 1,2")
     ap.add_argument("--steps", type=int, default=20)  # real_bench's weights runs' recipe
     ap.add_argument("--ppl-tokens", type=int, default=20_000)
@@ -64,22 +70,21 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def row_name(spec: str) -> tuple[str, str, int, float]:
-    """``least:2:4`` -> ("least damage, rank 2, lr x4", "least", 2, 4.0): a row's kind, rank and
-    learning-rate multiplier (is a rank worth its bytes, or only the larger step it gives?)."""
-    kind, rank, *times = spec.split(":")
-    if kind not in ("nf4", "least") or not rank.isdigit() or len(times) > 1:
-        raise SystemExit(f"bad row {spec!r}: write nf4:RANK or least:RANK, optionally :LR_TIMES")
+def row_name(spec: str) -> tuple[str, str, str, float]:
+    """``least:2:4`` -> ("least damage, rank 2, lr x4", "least", "2", 4.0): a row's name, kind,
+    rank (or, for ``row:``, real_bench's row) and learning-rate multiplier."""
+    kind, arg, *times = spec.split(":")
+    if kind not in ("nf4", "least", "row") or not (arg.isdigit() or kind == "row" and arg) or len(times) > 1:
+        raise SystemExit(f"bad row {spec!r}: write nf4:RANK, least:RANK or row:NAME, optionally :LR_TIMES")
     lr = float(times[0]) if times else 1.0
-    name = (
-        ("NF4" if kind == "nf4" else "least damage,") + f" rank {rank}" + (f", lr x{lr:g}" if lr != 1 else "")
-    )
-    return name, kind, int(rank), lr
+    name = {"nf4": f"NF4 rank {arg}", "least": f"least damage, rank {arg}", "row": arg}[kind]
+    return name + (f", lr x{lr:g}" if lr != 1 else ""), kind, arg, lr
 
 
-def plans(pruned: Path, study_db: Path, specs: list[str]) -> dict[str, dict]:
+def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> dict[str, dict]:
     """Row name -> its plan, training override and facts: ``nf4`` rows are uniform NF4 at the
-    rank; ``least`` rows the least-damage bits at the rank within uniform NF4 rank 8's weights + LoRA."""
+    rank; ``least`` rows the least-damage bits at the rank within uniform NF4 rank 8's weights +
+    LoRA; ``row`` rows the plan a real_bench row recovered (in ``row_dir``), as it was."""
     if not study_db.is_file():
         raise SystemExit(f"{study_db} not found: run real_bench's QPruner row with --budget weights first")
     study = optuna.load_study(study_name="qpruner", storage=f"sqlite:///{study_db}")
@@ -89,12 +94,20 @@ def plans(pruned: Path, study_db: Path, specs: list[str]) -> dict[str, dict]:
     weights = SearchConfig(memory_measure="weights", bits=rb.BITS)
     budget = resolve_budget(REFERENCE, build_space(pruned, weights)).bytes
     out = {}
-    for name, kind, rank, lr in map(row_name, specs):
-        space = build_space(pruned, replace(weights, rank=rank))
-        bits = [4] * space.num_layers if kind == "nf4" else least_damage_bits(space, sens, budget)
+    for name, kind, arg, lr in map(row_name, specs):
+        source = row_dir / arg.replace(" ", "_") / PLAN_FILE if kind == "row" else None
+        if source is not None and not source.is_file():
+            raise SystemExit(f"{source} not found: real_bench's row {arg!r} was not recovered in {row_dir}")
+        stored = Plan.load(source) if source else None
+        space = build_space(pruned, replace(weights, rank=stored.layers[0].lora_rank if stored else int(arg)))
+        if stored:
+            bits = [round(b) for b in stored.bits_per_layer()]
+        else:
+            bits = [4] * space.num_layers if kind == "nf4" else least_damage_bits(space, sens, budget)
         choices, delta = space.choices_from(bits), sens.predicted_delta(bits)
+        plan = PlanSource.from_file(source) if source else space.plan(choices)
         train = {} if lr == 1 else {"lr": rb.train_config(1).lr * lr}
-        out[name] = dict(plan=space.plan(choices), train=train, bits=bits, rank=rank,
+        out[name] = dict(plan=plan, train=train, bits=bits, rank=space.fixed_rank,
                          weights_lora=space.memory(choices), predicted_delta=delta)  # fmt: skip
     return out
 
@@ -142,7 +155,8 @@ def main() -> None:
         if not (pruned / "config.json").is_file():
             raise SystemExit(f"{pruned} not found: run real_bench.py --ratios {ratio} --work {work} first")
         ctx = {"corpus": resolve_corpus(fallback=False), "tokenizer": load_tokenizer(pruned)}
-        found = plans(pruned, work / f"search-{ratio}-QPruner" / "study.db", args.rows.split(","))
+        study = work / f"search-{ratio}-QPruner" / "study.db"
+        found = plans(pruned, study, args.rows.split(","), row_dir=work / str(ratio))
         seeds = [None] + [int(s) for s in args.train_seeds.split(",") if s]
         recover_rows(rows, found, seeds=seeds, pruned=pruned, args=args, ctx=ctx)
     print(table(rows.data))
