@@ -112,6 +112,12 @@ def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> d
     return out
 
 
+def spread(xs: list[float], digits: int) -> str:
+    """``mean ± se`` over seeds; the value alone where one seed gives no spread."""
+    m, se = mean_se(xs)
+    return f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if len(xs) > 1 else "")
+
+
 def table(data: dict) -> str:
     """Mean ± standard error over training seeds per row, with its widths and memory."""
     head = "| row | widths | weights + LoRA MiB | predicted Δ loss | test ppl (seeds) | task avg % |"
@@ -120,10 +126,10 @@ def table(data: dict) -> str:
         if " train seed " in name:
             continue
         runs = [r] + [v for k, v in data["rows"].items() if k.startswith(f"{name} train seed ")]
-        ppl, avg = mean_se([x["ppl"] for x in runs]), mean_se([100 * x["task_avg"] for x in runs])
+        ppl, avg = spread([x["ppl"] for x in runs], 2), spread([100 * x["task_avg"] for x in runs], 1)
         widths = " ".join(f"{b}b×{n}" for b, n in sorted(Counter(r["bits"]).items()))
         out.append(f"| {name} | {widths} | {r['weights_lora'] / 2**20:.2f} | {r['predicted_delta']:.3f} | "
-                   f"{ppl[0]:.2f} ± {ppl[1]:.2f} ({len(runs)}) | {avg[0]:.1f} ± {avg[1]:.1f} |")  # fmt: skip
+                   f"{ppl} ({len(runs)}) | {avg} |")  # fmt: skip
     return "\n".join(out)
 
 
