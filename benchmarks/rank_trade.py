@@ -99,6 +99,8 @@ def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> d
         if source is not None and not source.is_file():
             raise SystemExit(f"{source} not found: real_bench's row {arg!r} was not recovered in {row_dir}")
         stored = Plan.load(source) if source else None
+        if stored and len({lp.lora_rank for lp in stored.layers}) > 1:
+            raise SystemExit(f"{source}: ranks differ across layers; row: takes plans of one rank")
         space = build_space(pruned, replace(weights, rank=stored.layers[0].lora_rank if stored else int(arg)))
         if stored:
             bits = [round(b) for b in stored.bits_per_layer()]
