@@ -199,11 +199,11 @@ def train_config(steps: int) -> TrainConfig:
     )
 
 
-def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str, **train) -> dict:
+def recover(pruned: Path, plan, *, loftq: bool, args, ctx: dict, name: str, **overrides) -> dict:
     """Recover ``pruned`` per ``plan`` on valid.txt (same tokens for every row) and evaluate it.
-    ``train``: TrainConfig fields other than the recipe's (``seed``: LoRA init, data order, dropout)."""
+    ``overrides``: TrainConfig fields other than the recipe's (``seed``: LoRA init, data order, dropout)."""
     t0 = time.perf_counter()
-    train = replace(train_config(args.steps), **train)
+    train = replace(train_config(args.steps), **overrides)
     res = finetune(
         pruned,
         ctx["corpus"] / "valid.txt",
