@@ -40,7 +40,6 @@ from real_table import mean_se
 from qpruner import PlanSource
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
-from qpruner.lora.export import PLAN_FILE
 from qpruner.plan import Plan
 from qpruner.reference import resolve_corpus
 from qpruner.search import SearchConfig
@@ -95,7 +94,7 @@ def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> d
     budget = resolve_budget(REFERENCE, build_space(pruned, weights)).bytes
     out = {}
     for name, kind, arg, lr in map(row_name, specs):
-        source = row_dir / arg.replace(" ", "_") / PLAN_FILE if kind == "row" else None
+        source = rb.row_plan(row_dir, arg) if kind == "row" else None
         if source is not None and not source.is_file():
             raise SystemExit(f"{source} not found: real_bench's row {arg!r} was not recovered in {row_dir}")
         stored = Plan.load(source) if source else None

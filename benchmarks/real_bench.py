@@ -310,6 +310,11 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
         print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f} ({n} trials)", flush=True)
 
 
+def row_plan(work: str | Path, key: str) -> Path:
+    """The plan file row ``key`` (``0.2/QPruner``) recovered: its directory is the key, spaces as _."""
+    return Path(work) / key.replace(" ", "_") / PLAN_FILE
+
+
 def shuffled_plan(pruned: Path, plan_file: Path, *, budget: int, measure: str, seed: int = 0):
     """``plan_file``'s widths (the same multiset) placed on layers at random, redrawn until the
     plan is within ``budget`` under ``measure``: the searched row's memory, not its choices."""
@@ -331,9 +336,8 @@ def run_shuffled(ratio: float, rows: Rows, *, args, ctx: dict, names: list[str])
         if src is None or rows.get(key) is not None:
             continue
         t0 = time.perf_counter()
-        plan_file = Path(args.work) / f"{ratio}/{name}".replace(" ", "_") / PLAN_FILE
-        plan = shuffled_plan(Path(args.work) / f"pruned-{ratio}", plan_file, budget=src["search_budget"],
-                             measure=measure)  # fmt: skip
+        plan = shuffled_plan(Path(args.work) / f"pruned-{ratio}", row_plan(args.work, f"{ratio}/{name}"),
+                             budget=src["search_budget"], measure=measure)  # fmt: skip
         row = recover(Path(args.work) / f"pruned-{ratio}", plan, loftq=False, args=args, ctx=ctx,
                       name=key.replace(" ", "_"))  # fmt: skip
         rows.put(key, row | {"evaluations": 1, "wall_seconds": time.perf_counter() - t0})
@@ -357,7 +361,7 @@ def run_train_seeds(
             if not chosen or rows.get(key) is None or rows.get(seeded) is not None or seed == 42:
                 continue  # 42: TrainConfig's seed, the row itself
             t0 = time.perf_counter()
-            plan = PlanSource.from_file(Path(args.work) / key.replace(" ", "_") / PLAN_FILE)
+            plan = PlanSource.from_file(row_plan(args.work, key))
             row = recover(Path(args.work) / f"pruned-{ratio}", plan, loftq=loftq.get(name, False), args=args,
                           ctx=ctx, name=f"{key}_seed{seed}".replace(" ", "_"), seed=seed)  # fmt: skip
             rows.put(seeded, row | {"evaluations": 1, "wall_seconds": time.perf_counter() - t0})
