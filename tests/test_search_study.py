@@ -130,6 +130,37 @@ def test_kill_9_mid_trial_loses_only_that_trial(tmp_path):
     assert len(ev.seen) == 3 and len(set(ev.seen)) == 3
 
 
+def test_a_cut_off_trial_over_budget_is_retried_and_refused(tmp_path):
+    """A trial left RUNNING by a dead worker is failed and queued once more, whatever its plan:
+    a plan over budget is retried and refused like any other, so its retry is not evaluated
+    (what the multi-worker tests must allow when the database drops mid-refusal)."""
+    from qpruner.search.study import WORKER_ATTR, host_name
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _run(url, 2)
+    space = make_space("joint", LAYERS)
+    dearest = {k: max(v) for k, v in space.param_choices.items()}
+    assert space.memory(dearest) > budget_between(space, 0.5)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid of this host that no longer runs
+    study = optuna.load_study(study_name="s", storage=url)
+    cut = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING,
+        params=dearest,
+        distributions=space.distributions(),
+        user_attrs={WORKER_ATTR: {"host": host_name(), "pid": gone.pid}},
+    )
+    study.add_trial(cut)
+    number = max(t.number for t in study.get_trials())
+    res = _run(url, 4, resume=True)
+    assert res.failed_recovered == [number]
+    recs = {r.number: r for r in res.summary.records}
+    assert recs[number].status == "failed"
+    retry = [r for r in recs.values() if r.retry_of == number]
+    assert len(retry) == 1 and retry[0].params == dearest and retry[0].status == "rejected"
+    assert sum(r.status == "evaluated" for r in recs.values()) == 4
+
+
 @pytest.mark.parametrize(
     "change,words",
     [
