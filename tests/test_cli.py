@@ -272,6 +272,7 @@ def test_each_config_gets_only_its_own_flags():
     assert (gpu.micro_batch, gpu.steps, gpu.epochs, gpu.batch_size, gpu.lr) == (2, None, 2.0, 128, 1e-4)
     assert config_from_args(EvalConfig, args).max_tokens == 5
     args = build_parser().parse_args(["run", "--out", "r"])
+    assert recovery_config(args, "cpu") == RunConfig().train  # the CLI and the API recover alike
     assert config_from_args(EvalConfig, args).max_tokens == RunConfig().eval.max_tokens
 
 
