@@ -51,19 +51,27 @@ _Log = Callable[[str], None]
 _Record = Callable[[str, dict], None]  # writes one finished stage into run.json
 
 
+def short_run(train: TrainConfig) -> TrainConfig:
+    """``train`` with warm-up and checkpoints in proportion to its ``steps`` (a tenth, a quarter).
+
+    TrainConfig's own 100 warm-up steps suit alpaca-lora's epochs; a run of tens of steps would
+    spend half of them warming up. Epoch-based recipes (``steps`` None) are returned as they are."""
+    if train.steps is None:
+        return train
+    return replace(train, warmup_steps=max(1, train.steps // 10), save_every=max(1, train.steps // 4))
+
+
 @dataclass
 class RunConfig:
     model: str | None = None  # None: DEFAULT_MODEL, else the reference model; "reference": that
     reference: ReferenceConfig | None = None  # the reference model's configuration (None: default)
     prune: PruneConfig = field(default_factory=PruneConfig)
     # The CPU recipe (train_recipe): 40 x 16 x 256 tokens, 11-21 min on 2 cores for SmolLM2-135M
-    # NF4 (bf16 / float32 compute); warm-up and checkpoints in proportion to 40 steps, as the CLI
-    # sets them for any --steps. So few steps need a large rate: on SmolLM2 pruned 20 % lr 4e-3
-    # recovered to test perplexity 19.85 where 3e-4 left it at 33.31 (README, same machine).
+    # NF4 (bf16 / float32 compute), warm-up and checkpoints in proportion (short_run). So few
+    # steps need a large rate: on SmolLM2 pruned 20 % lr 4e-3 recovered to test perplexity 19.85
+    # where 3e-4 left it at 33.31 (README, same machine).
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=40, batch_size=16, micro_batch=4, lr=4e-3, warmup_steps=4, save_every=10
-        )
+        default_factory=lambda: short_run(TrainConfig(steps=40, batch_size=16, micro_batch=4, lr=4e-3))
     )
     plan: PlanSource = field(default_factory=PlanSource)  # uniform, a file, or searched
     loftq: bool = False

@@ -148,10 +148,13 @@ def read_config(target: str) -> dict[str, ConfigField]:
 
 
 def factory_defaults(target: str, name: str) -> dict[str, Any]:
-    """Keyword defaults of a nested config built by ``default_factory=lambda: Cls(k=v, ...)``:
-    how a command whose config embeds another (``RunConfig.train``) shows that config's defaults."""
+    """Keyword defaults of a nested config built by ``default_factory=lambda: Cls(k=v, ...)``
+    (or ``lambda: adjust(Cls(k=v, ...))``, read through the one wrapping call): how a command
+    whose config embeds another (``RunConfig.train``) shows that config's defaults."""
     node = read_config(target)[name].default
     body = node.body if isinstance(node, ast.Lambda) else None
+    if isinstance(body, ast.Call) and not body.keywords and len(body.args) == 1:
+        body = body.args[0]
     if not isinstance(body, ast.Call):
         return {}
     return {k.arg: ast.literal_eval(k.value) for k in body.keywords if k.arg}

@@ -105,13 +105,10 @@ def run(args: argparse.Namespace) -> None:
 
 def recovery_config(args: argparse.Namespace, device):
     """The device's recovery recipe (:func:`qpruner.pipeline.train_recipe`) with the flags given."""
-    from qpruner.pipeline import train_recipe
+    from qpruner.pipeline import short_run, train_recipe
 
     given = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
-    train = replace(train_recipe(device), **given)
-    if train.steps is not None:  # warm up and checkpoint in proportion to a short run
-        train = replace(train, warmup_steps=max(1, train.steps // 10), save_every=max(1, train.steps // 4))
-    return train
+    return short_run(replace(train_recipe(device), **given))
 
 
 def _stage_table(stages: dict, tasks: list[str]) -> str:
