@@ -83,7 +83,8 @@ def row_name(spec: str) -> tuple[str, str, str, float]:
 def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> dict[str, dict]:
     """Row name -> its plan, training override and facts: ``nf4`` rows are uniform NF4 at the
     rank; ``least`` rows the least-damage bits at the rank within uniform NF4 rank 8's weights +
-    LoRA; ``row`` rows the plan a real_bench row recovered (in ``row_dir``), as it was."""
+    LoRA; ``row`` rows the plan a real_bench row recovered (in ``row_dir``), as it was (LoftQ's
+    row from LoftQ again)."""
     if not study_db.is_file():
         raise SystemExit(f"{study_db} not found: run real_bench's QPruner row with --budget weights first")
     study = optuna.load_study(study_name="qpruner", storage=f"sqlite:///{study_db}")
@@ -108,7 +109,8 @@ def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> d
         choices, delta = space.choices_from(bits), sens.predicted_delta(bits)
         plan = PlanSource.from_file(source) if source else space.plan(choices)
         train = {} if lr == 1 else {"lr": rb.train_config(1).lr * lr}
-        out[name] = dict(plan=plan, train=train, bits=bits, rank=space.fixed_rank,
+        loftq = kind == "row" and arg in rb.LOFTQ  # LoftQ's row recovers from LoftQ again
+        out[name] = dict(plan=plan, train=train, loftq=loftq, bits=bits, rank=space.fixed_rank,
                          weights_lora=space.memory(choices), predicted_delta=delta)  # fmt: skip
     return out
 
@@ -145,8 +147,10 @@ def recover_rows(rows: rb.Rows, found: dict, *, seeds: list, pruned: Path, args,
             t0 = time.perf_counter()
             train = facts["train"] | ({} if seed is None else {"seed": seed})
             dirname = f"rank_trade/{args.ratio}/{key}".replace(" ", "_").replace(",", "")
-            row = rb.recover(pruned, facts["plan"], loftq=False, args=args, ctx=ctx, name=dirname, **train)
-            kept = {k: v for k, v in facts.items() if k not in ("plan", "train")} | facts["train"]
+            row = rb.recover(
+                pruned, facts["plan"], loftq=facts["loftq"], args=args, ctx=ctx, name=dirname, **train
+            )
+            kept = {k: v for k, v in facts.items() if k not in ("plan", "train", "loftq")} | facts["train"]
             rows.put(key, row | kept | {"wall_seconds": time.perf_counter() - t0})
             print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
 

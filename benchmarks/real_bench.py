@@ -69,6 +69,7 @@ UNIFORM = (  # (row, plan source, LoftQ)
     ("LoftQ NF4", PlanSource(bits=4), True),
     ("int8 + LoRA", PlanSource(bits=8), False),
 )
+LOFTQ = frozenset(name for name, _, loftq in UNIFORM if loftq)  # rows whose recovery starts from LoftQ
 BITS = (2, 3, 4, 8, 16)  # the searched rows' widths
 SHUFFLED = " widths shuffled"  # --shuffled rows: a searched row's widths on random layers
 MEASURE = {"weights": "weights", "weights-midway": "weights"}  # --budget -> what it limits (else finetune)
@@ -351,7 +352,6 @@ def run_train_seeds(
     the same plan (read from the row's recovery) and tokens: the seed-to-seed spread that a
     searched row's lead over a uniform one must exceed. Seed-major, so a cut-off run leaves
     every row with the same seeds."""
-    loftq = {name: lq for name, _, lq in UNIFORM}
     names = [u[0] for u in UNIFORM] + [s[0] for s in SEARCHED] + list(extra)
     for seed in seeds:
         for name in names:
@@ -362,7 +362,7 @@ def run_train_seeds(
                 continue  # 42: TrainConfig's seed, the row itself
             t0 = time.perf_counter()
             plan = PlanSource.from_file(row_plan(args.work, key))
-            row = recover(Path(args.work) / f"pruned-{ratio}", plan, loftq=loftq.get(name, False), args=args,
+            row = recover(Path(args.work) / f"pruned-{ratio}", plan, loftq=name in LOFTQ, args=args,
                           ctx=ctx, name=f"{key}_seed{seed}".replace(" ", "_"), seed=seed)  # fmt: skip
             rows.put(seeded, row | {"evaluations": 1, "wall_seconds": time.perf_counter() - t0})
             print(f"{seeded}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
