@@ -60,13 +60,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rows", default=ROWS, help="nf4:RANK, least:RANK, row:NAME; each [:LR_TIMES]")
     ap.add_argument("--train-seeds", default="", help="extra training seeds for every row, e.g. 1,2")
     ap.add_argument("--steps", type=int, default=20)  # real_bench's weights runs' recipe
+    add_scoring_args(ap, out=RESULTS)
+    return ap.parse_args()
+
+
+def add_scoring_args(ap: argparse.ArgumentParser, *, out: Path) -> None:
+    """The scoring and results options rank_trade and trial_rank share (their recoveries must
+    score alike for trial_rank to read rank_trade's rows)."""
     ap.add_argument("--ppl-tokens", type=int, default=20_000)
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--tasks", default="qp_piqa,qp_arc_easy,qp_winogrande,qp_copa")
     ap.add_argument("--task-data", default=str(find_shared_data("zeroshot", files=["piqa.jsonl"]) or ""))
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=str(out))
     ap.add_argument("--table", action="store_true", help="print the table from --out and stop")
-    return ap.parse_args()
 
 
 def row_name(spec: str) -> tuple[str, str, str, float]:
