@@ -321,12 +321,17 @@ def shuffled_plan(pruned: Path, plan_file: Path, *, budget: int, measure: str, s
     plan is within ``budget`` under ``measure``: the searched row's memory, not its choices."""
     space = build_space(pruned, SearchConfig(memory_measure=measure, bits=BITS))
     widths = [int(round(b)) for b in Plan.load(plan_file).bits_per_layer()]
+    return space.plan(space.choices_from(shuffled_widths(widths, space=space, budget=budget, seed=seed)))
+
+
+def shuffled_widths(widths: list[int], *, space, budget: int, seed: int = 0) -> list[int]:
+    """``widths`` permuted across layers at random, redrawn until ``space`` prices them within ``budget``."""
     rng = np.random.default_rng(seed)
     for _ in range(10_000):
-        choices = space.choices_from([int(b) for b in rng.permutation(widths)])
-        if space.memory(choices) <= budget:
-            return space.plan(choices)
-    raise RuntimeError(f"no shuffle of {plan_file}'s widths fits {budget} bytes")
+        out = [int(b) for b in rng.permutation(widths)]
+        if space.memory(space.choices_from(out)) <= budget:
+            return out
+    raise RuntimeError(f"no shuffle of the widths {widths} fits {budget} bytes")
 
 
 def run_shuffled(ratio: float, rows: Rows, *, args, ctx: dict, names: list[str]) -> None:

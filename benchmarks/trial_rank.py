@@ -136,14 +136,24 @@ def run_trials(rows: rb.Rows, plans: dict, *, pruned: Path, corpus: Path, args) 
 
 def run_recoveries(rows: rb.Rows, plans: dict, *, pruned: Path, ctx: dict, args) -> None:
     """rank_trade's lr x8 recovery of every plan it has not recovered itself, per seed."""
+    seeds = [int(s) for s in args.recovery_seeds.split(",")]
+    recover_plans(rows, plans, pruned=pruned, ctx=ctx, args=args, seeds=seeds,
+                  subdir=f"trial_rank/{args.ratio}/", skip=RANK_TRADE_ROWS)  # fmt: skip
+
+
+def recover_plans(rows: rb.Rows, plans: dict, *, pruned: Path, ctx: dict, args, seeds: list[int],
+                  subdir: str = "", skip=()) -> None:  # fmt: skip
+    """Each plan recovered like rank_trade's lr x8 rows, per training seed, seed-major (a cut-off
+    run leaves whole seeds), as rows ``recovery/NAME/seed S``; plans in ``skip`` and rows
+    already stored are passed over."""
     lr = rb.train_config(1).lr * RECOVERY_LR_TIMES
-    for seed in map(int, args.recovery_seeds.split(",")):
+    for seed in seeds:
         for name, facts in plans.items():
             key = f"recovery/{name}/seed {seed}"
-            if name in RANK_TRADE_ROWS or rows.get(key) is not None:
+            if name in skip or rows.get(key) is not None:
                 continue
             t0 = time.perf_counter()
-            dirname = f"trial_rank/{args.ratio}/{name}_seed{seed}".replace(" ", "_")
+            dirname = f"{subdir}{name}_seed{seed}".replace(" ", "_")
             row = rb.recover(
                 pruned, facts["plan"], loftq=False, args=args, ctx=ctx, name=dirname, lr=lr, seed=seed
             )
