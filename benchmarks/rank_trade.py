@@ -12,7 +12,8 @@ NF4 at rank 8, the reference. Each is recovered exactly like real_bench's rows (
 a smaller rank also takes smaller steps, so a row may scale the learning rate (``nf4:2:4``: NF4
 at rank 2, lr x 4) to tell a rank's capacity from its step size; ``row:NAME[:LR_TIMES]`` recovers
 the plan real_bench's row NAME recovered (``row:QPruner:4``), to see whether that table's
-comparison holds at another learning rate.
+comparison holds at another learning rate; ``loftq:RANK[:LR_TIMES]`` is uniform NF4 at the rank
+recovered from LoftQ's initialisation, the issue's other baseline.
 
 It runs inside a real_bench work directory: the pruned model of ``--ratio`` and the layer
 sensitivity stored by real_bench's QPruner search under ``--budget weights`` or
@@ -51,13 +52,16 @@ from qpruner.search.searchers.importance import stored_sensitivity
 RESULTS = rb.ROOT / "results" / "rank_trade.json"
 REFERENCE = "uniform:4:8"  # the budget: uniform NF4 at rank 8, weights + LoRA
 ROWS = "nf4:2,least:2,nf4:4,least:4,nf4:8"
+#: row kind -> its row's name (``{}``: the spec's argument)
+KINDS = {"nf4": "NF4 rank {}", "loftq": "LoftQ NF4 rank {}", "least": "least damage, rank {}", "row": "{}"}
+SPECS = "nf4:RANK, loftq:RANK, least:RANK or row:NAME"
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(rb.ROOT / "out" / "real_bench"), help="a real_bench work directory")
     ap.add_argument("--ratio", default="0.2")
-    ap.add_argument("--rows", default=ROWS, help="nf4:RANK, least:RANK, row:NAME; each [:LR_TIMES]")
+    ap.add_argument("--rows", default=ROWS, help=f"{SPECS}; each [:LR_TIMES]")
     ap.add_argument("--train-seeds", default="", help="extra training seeds for every row, e.g. 1,2")
     ap.add_argument("--steps", type=int, default=20)  # real_bench's weights runs' recipe
     add_scoring_args(ap, out=RESULTS)
@@ -79,18 +83,18 @@ def row_name(spec: str) -> tuple[str, str, str, float]:
     """``least:2:4`` -> ("least damage, rank 2, lr x4", "least", "2", 4.0): a row's name, kind,
     rank (or, for ``row:``, real_bench's row) and learning-rate multiplier."""
     kind, arg, *times = spec.split(":")
-    if kind not in ("nf4", "least", "row") or not (arg.isdigit() or kind == "row" and arg) or len(times) > 1:
-        raise SystemExit(f"bad row {spec!r}: write nf4:RANK, least:RANK or row:NAME, optionally :LR_TIMES")
+    if kind not in KINDS or not (arg.isdigit() or kind == "row" and arg) or len(times) > 1:
+        raise SystemExit(f"bad row {spec!r}: write {SPECS}, optionally :LR_TIMES")
     lr = float(times[0]) if times else 1.0
-    name = {"nf4": f"NF4 rank {arg}", "least": f"least damage, rank {arg}", "row": arg}[kind]
+    name = KINDS[kind].format(arg)
     return name + (f", lr x{lr:g}" if lr != 1 else ""), kind, arg, lr
 
 
 def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> dict[str, dict]:
     """Row name -> its plan, training override and facts: ``nf4`` rows are uniform NF4 at the
-    rank; ``least`` rows the least-damage bits at the rank within uniform NF4 rank 8's weights +
-    LoRA; ``row`` rows the plan a real_bench row recovered (in ``row_dir``), as it was (LoftQ's
-    row from LoftQ again)."""
+    rank (``loftq`` the same from LoftQ's initialisation); ``least`` rows the least-damage bits
+    at the rank within uniform NF4 rank 8's weights + LoRA; ``row`` rows the plan a real_bench
+    row recovered (in ``row_dir``), as it was (LoftQ's row from LoftQ again)."""
     if not study_db.is_file():
         raise SystemExit(f"{study_db} not found: run real_bench's QPruner row with --budget weights first")
     study = optuna.load_study(study_name="qpruner", storage=f"sqlite:///{study_db}")
@@ -111,11 +115,12 @@ def plans(pruned: Path, study_db: Path, specs: list[str], *, row_dir: Path) -> d
         if stored:
             bits = [round(b) for b in stored.bits_per_layer()]
         else:
-            bits = [4] * space.num_layers if kind == "nf4" else least_damage_bits(space, sens, budget)
+            nf4 = kind in ("nf4", "loftq")
+            bits = [4] * space.num_layers if nf4 else least_damage_bits(space, sens, budget)
         choices, delta = space.choices_from(bits), sens.predicted_delta(bits)
         plan = PlanSource.from_file(source) if source else space.plan(choices)
         train = {} if lr == 1 else {"lr": rb.train_config(1).lr * lr}
-        loftq = kind == "row" and arg in rb.LOFTQ  # LoftQ's row recovers from LoftQ again
+        loftq = kind == "loftq" or kind == "row" and arg in rb.LOFTQ  # LoftQ's row: from LoftQ again
         out[name] = dict(plan=plan, train=train, loftq=loftq, bits=bits, rank=space.fixed_rank,
                          weights_lora=space.memory(choices), predicted_delta=delta)  # fmt: skip
     return out
