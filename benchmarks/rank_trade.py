@@ -69,8 +69,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def add_scoring_args(ap: argparse.ArgumentParser, *, out: Path) -> None:
-    """The scoring and results options rank_trade and trial_rank share (their recoveries must
-    score alike for trial_rank to read rank_trade's rows)."""
+    """The scoring and results options rank_trade, trial_rank and low_memory share (their
+    recoveries must score alike: trial_rank reads rank_trade's rows as its own)."""
     ap.add_argument("--ppl-tokens", type=int, default=20_000)
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--tasks", default="qp_piqa,qp_arc_easy,qp_winogrande,qp_copa")

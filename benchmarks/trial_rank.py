@@ -17,8 +17,9 @@ WikiText-2 test perplexity); plans rank_trade already recovered so are read from
 
 Reported: Spearman's rho between each predictor (the measured sensitivity's additive prior,
 each rung's trial error at each rate) and the recovered test perplexity (mean over training
-seeds), over all plans and within the one-memory family, beside the recoveries' own spread.
-Resumable per trial and per recovery.
+seeds), over all plans and within the one-memory family, and on how many of the plan pairs
+whose recoveries differ by more than twice their combined standard error each predictor orders
+rightly (the other pairs are ties). Resumable per trial and per recovery.
 
     python benchmarks/trial_rank.py --work /path/to/real_bench_midway
     python benchmarks/trial_rank.py --table
