@@ -40,7 +40,7 @@ from trial_rank import recover_plans, reversed_widths
 
 from qpruner import PruneConfig
 from qpruner.checkpoint import load_base_model, load_tokenizer
-from qpruner.models.catalog import fetch_model
+from qpruner.models.catalog import resolve_model_source
 from qpruner.prune.calibration import calibration_samples
 from qpruner.prune.workflow import prune_checkpoint
 from qpruner.reference import resolve_corpus
@@ -71,9 +71,9 @@ def prepare(rows: rb.Rows, args, corpus: Path) -> tuple[Path, Sensitivity]:
     pruned = Path(args.work) / f"pruned-{args.ratio}"
     if rows.get("pruned") is None:
         t0 = time.perf_counter()
-        model = fetch_model(args.model) if not Path(args.model).exists() else Path(args.model)
+        model = resolve_model_source(args.model)  # a catalog name is fetched once, a directory kept
         cfg = PruneConfig(ratio=args.ratio, layer_start=3, layer_end=-2, channel_multiple=CHANNEL_MULTIPLE)
-        prune_checkpoint(str(model), pruned, cfg, str(corpus / "valid.txt"), overwrite=True, progress=False)
+        prune_checkpoint(model, pruned, cfg, str(corpus / "valid.txt"), overwrite=True, progress=False)
         row = rb.evaluate(rb.load_model(pruned), load_tokenizer(pruned), args, corpus)
         rows.put("pruned", row | {"wall_seconds": time.perf_counter() - t0})
         print(f"pruned: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
@@ -97,14 +97,14 @@ def build_plans(pruned: Path, sens: Sensitivity, *, share: float) -> dict[str, d
         raise SystemExit(f"no plan fits {budget} bytes")
     at_2bits = [sens.at(i, 2) for i in range(space.num_layers)]
     reverse = reversed_widths(least, at_2bits)
+    if space.memory(space.choices_from(reverse)) > budget * 1.01:
+        raise SystemExit("the reversed widths cost more than 1 % over the budget")
     shuffled = rb.shuffled_widths(least, space=space, budget=budget, seed=0)
     widths = {"least damage": least, "shuffled": shuffled, "reversed": reverse,
               "uniform NF4": [4] * space.num_layers, "uniform hqq2": [2] * space.num_layers}  # fmt: skip
     out = {}
     for name, bits in widths.items():
         choices = space.choices_from(bits)
-        if name == "reversed" and space.memory(choices) > budget * 1.01:
-            raise SystemExit("the reversed widths cost more than 1 % over the budget")
         out[name] = dict(plan=space.plan(choices), bits=bits, weights_lora=space.memory(choices),
                          predicted_delta=sens.predicted_delta(bits))  # fmt: skip
     return out

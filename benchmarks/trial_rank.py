@@ -97,8 +97,8 @@ def build_plans(work: Path, ratio: str) -> dict[str, dict]:
              "int8": space.plan(space.choices_from([8] * space.num_layers)),
              "QPruner": space.plan(space.choices_from(widths))}  # fmt: skip
     for seed in (0, 1, 2):
-        shuffle = rb.shuffled_plan(pruned, searched, budget=budget, measure="weights", seed=seed)
-        plans[f"shuffled {seed}"] = shuffle
+        shuffle = rb.shuffled_widths(widths, space=space, budget=budget, seed=seed)
+        plans[f"shuffled {seed}"] = space.plan(space.choices_from(shuffle))
     at_2bits = [sens.at(i, 2) for i in range(space.num_layers)]
     reverse = space.choices_from(reversed_widths(widths, at_2bits))
     if space.memory(reverse) > budget * 1.01:
