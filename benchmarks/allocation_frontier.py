@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from qpruner.models.catalog import fetch_model
+from qpruner.models.catalog import resolve_model_source
 from qpruner.search.allocation import initial_bits, least_damage_bits
 from qpruner.search.budget import resolve_budget
 from qpruner.search.from_model import SearchConfig, build_space
@@ -77,7 +77,7 @@ def histogram(bits: list[int]) -> str:
 
 def main() -> None:
     args = parse_args()
-    model = Path(args.model) if Path(args.model).exists() else fetch_model(args.model)
+    model = Path(resolve_model_source(args.model))
     cfg = SearchConfig(memory_measure=args.measure, bits=(2, 3, 4, 8, 16), dtype=args.dtype)
     space = build_space(model, cfg)
     rows = frontier(space, load_sensitivity(Path(args.profile)), args.points)

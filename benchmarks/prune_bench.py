@@ -41,7 +41,7 @@ from qpruner.eval.evaluate import EvalConfig, evaluate_model
 from qpruner.eval.size import model_size
 from qpruner.loader import load_model
 from qpruner.memory import PeakMeter
-from qpruner.models.catalog import fetch_model
+from qpruner.models.catalog import resolve_model_source
 from qpruner.prune import IMPORTANCE_METHODS, PruneConfig, calibration_samples, layer_targets, prune_model
 from qpruner.reference import TRAIN_FILE, resolve_corpus
 
@@ -333,7 +333,7 @@ def real_main(args: argparse.Namespace) -> None:
     if tpb.tp is None:
         print(tpb.MISSING)
         keys = [k for k in keys if REAL_METHODS[k][0] != "torch-pruning"]
-    path = fetch_model(args.model)
+    path = Path(resolve_model_source(args.model))
     tok = load_tokenizer(path)
     dense = load_model(path).eval()
     test_ids = load_tokens(data / "test.txt", tok)[: args.max_eval_tokens]

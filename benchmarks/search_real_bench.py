@@ -41,7 +41,7 @@ from real_table import mean_se
 
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
-from qpruner.models.catalog import fetch_model
+from qpruner.models.catalog import resolve_model_source
 from qpruner.reference import resolve_corpus
 from qpruner.search import SearchConfig, search_model
 from qpruner.search.from_model import build_space
@@ -80,6 +80,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seeds", default=None, help="search seeds (default 0,1,2; --quick: 0,1)")
     ap.add_argument("--methods", default=None, help=f"default: all of {', '.join(METHODS)}")
     ap.add_argument("--steps", type=int, default=40, help="recovery steps (8 x 256 tokens), as real_bench")
+    rb.add_lr_arg(ap)
     ap.add_argument("--search-steps", type=int, default=10, help="steps of a full trial")
     ap.add_argument("--trial-eval-tokens", type=int, default=20_000, help="valid tokens scoring a full trial")
     ap.add_argument(
@@ -186,7 +187,8 @@ def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: in
                      prior=label in WITH_PRIOR)  # fmt: skip
     found = search_model(ctx["pruned"], cfg, work, resume=True, progress=False)
     searched_s = time.perf_counter() - t0
-    row = rb.recover(ctx["pruned"], found.plan, loftq=False, args=args, ctx=ctx, name=f"rec-{work.name}")
+    row = rb.recover(ctx["pruned"], found.plan, loftq=False, args=args, ctx=ctx, name=f"rec-{work.name}",
+                     lr=args.lr)  # fmt: skip
     trials = timeline(work, method)
     rows.put(key, row | {"search_seconds": searched_s, "trials": trials, "evaluations": len(trials),
                          "best_valid_error": min(t["error"] for t in trials),
@@ -325,7 +327,7 @@ def main() -> None:
     if args.table:
         finish(rows, args, corpus)
         return
-    model = fetch_model(args.model) if not Path(args.model).exists() else Path(args.model)
+    model = Path(resolve_model_source(args.model))
     ctx = {"model": str(model), "corpus": corpus, "tokenizer": load_tokenizer(model)}
     uniform = {"pruned", *UNIFORM}
     rb.run_ratio(args.ratio, rows, args=args, ctx=ctx, wanted=lambda name: name in uniform)

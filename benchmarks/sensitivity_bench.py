@@ -25,7 +25,7 @@ from pathlib import Path
 
 from qpruner.checkpoint import load_tokenizer
 from qpruner.loader import load_model
-from qpruner.models.catalog import fetch_model
+from qpruner.models.catalog import resolve_model_source
 from qpruner.prune.calibration import calibration_samples
 from qpruner.reference import resolve_corpus
 from qpruner.search.figures import sensitivity_png
@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    src = Path(args.model) if Path(args.model).exists() else fetch_model(args.model)
+    src = Path(resolve_model_source(args.model))
     corpus = resolve_corpus(fallback=False)
     tok = load_tokenizer(src)
     model = load_model(src)

@@ -146,7 +146,7 @@ def recover_plans(rows: rb.Rows, plans: dict, *, pruned: Path, ctx: dict, args, 
                   subdir: str = "", skip=()) -> None:  # fmt: skip
     """Each plan recovered like rank_trade's lr x8 rows, per training seed, seed-major (a cut-off
     run leaves whole seeds), as rows ``recovery/NAME/seed S``; plans in ``skip`` and rows
-    already stored are passed over."""
+    already stored are passed over. A plan whose facts say ``loftq`` starts from LoftQ."""
     lr = rb.train_config(1).lr * RECOVERY_LR_TIMES
     for seed in seeds:
         for name, facts in plans.items():
@@ -156,7 +156,14 @@ def recover_plans(rows: rb.Rows, plans: dict, *, pruned: Path, ctx: dict, args, 
             t0 = time.perf_counter()
             dirname = f"{subdir}{name}_seed{seed}".replace(" ", "_")
             row = rb.recover(
-                pruned, facts["plan"], loftq=False, args=args, ctx=ctx, name=dirname, lr=lr, seed=seed
+                pruned,
+                facts["plan"],
+                loftq=facts.get("loftq", False),
+                args=args,
+                ctx=ctx,
+                name=dirname,
+                lr=lr,
+                seed=seed,
             )
             rows.put(key, row | {"wall_seconds": time.perf_counter() - t0})
             print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
