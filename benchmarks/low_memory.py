@@ -35,7 +35,7 @@ from pathlib import Path
 import real_bench as rb
 import torch
 from rank_trade import add_scoring_args
-from real_table import mean_se
+from real_table import Rows, mean_se
 from trial_rank import recover_plans, reversed_widths
 
 from qpruner import PruneConfig
@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def prepare(rows: rb.Rows, args, corpus: Path) -> tuple[Path, Sensitivity]:
+def prepare(rows: Rows, args, corpus: Path) -> tuple[Path, Sensitivity]:
     """The pruned model (channels a multiple of 8) and its measured sensitivity, each made once."""
     pruned = Path(args.work) / f"pruned-{args.ratio}"
     if rows.get("pruned") is None:
@@ -161,7 +161,7 @@ def main() -> None:
     args = parse_args()
     skip = ("table", "out", "work", "seeds")  # not the recipe
     settings = {k: v for k, v in vars(args).items() if k not in skip}
-    rows = rb.Rows(Path(args.out), settings, read_only=args.table)
+    rows = Rows(Path(args.out), settings, read_only=args.table)
     if not args.table:
         corpus = resolve_corpus(fallback=False)
         args.steps = 20  # rank_trade's recovery recipe (rb.recover reads it)

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import real_bench as rb
+from real_table import Rows
 from search_real_bench import search_cfg
 
 from qpruner.reference import resolve_corpus
@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def collect(args, rows: rb.Rows) -> None:
+def collect(args, rows: Rows) -> None:
     """Every plan's full curve: error and elapsed seconds at each rung (one row per plan)."""
     import json
 
@@ -141,7 +141,7 @@ def mean_se(xs) -> tuple[float, float]:
     return float(xs.mean()), float(xs.std(ddof=1) / math.sqrt(len(xs)))
 
 
-def landscape(rows: rb.Rows, curves: list[list[dict]]) -> list[str]:
+def landscape(rows: Rows, curves: list[list[dict]]) -> list[str]:
     """The pool: spread of final errors, costs, and how well each rung ranks the final error."""
     from qpruner.search.performance import rank_correlation
 
@@ -159,7 +159,7 @@ def landscape(rows: rb.Rows, curves: list[list[dict]]) -> list[str]:
     ]
 
 
-def table(args, rows: rb.Rows) -> list[str]:
+def table(args, rows: Rows) -> list[str]:
     curves = [r["curve"] for k, r in rows.data["rows"].items() if k.startswith("plan ")]
     finals = sorted(c[-1]["error"] for c in curves)
     full = float(np.mean([c[-1]["seconds"] for c in curves]))
@@ -193,7 +193,7 @@ def main() -> None:
     args = parse_args()
     keep = ("pruned", *TRIAL)  # not plans: the pool is one seeded stream, so more plans extend it
     settings = {k: v for k, v in vars(args).items() if k in keep}
-    rows = rb.Rows(Path(args.out), settings)
+    rows = Rows(Path(args.out), settings)
     if not args.table:
         collect(args, rows)
     lines = table(args, rows)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import optuna
 import real_bench as rb
-from real_table import mean_se
+from real_table import Rows, mean_se
 
 from qpruner import PlanSource
 from qpruner.checkpoint import load_tokenizer
@@ -147,7 +147,7 @@ def table(data: dict) -> str:
     return "\n".join(out)
 
 
-def recover_rows(rows: rb.Rows, found: dict, *, seeds: list, pruned: Path, args, ctx: dict) -> None:
+def recover_rows(rows: Rows, found: dict, *, seeds: list, pruned: Path, args, ctx: dict) -> None:
     """Each row recovered with each seed (None: the recipe's), seed-major so that a cut-off run
     leaves every row with the same seeds; rows already stored are skipped."""
     for seed in seeds:
@@ -170,7 +170,7 @@ def main() -> None:
     args = parse_args()
     skip = ("table", "out", "work", "train_seeds", "rows")  # not the rows' recipe
     settings = {k: v for k, v in vars(args).items() if k not in skip}
-    rows = rb.Rows(Path(args.out), settings, read_only=args.table)
+    rows = Rows(Path(args.out), settings, read_only=args.table)
     if not args.table:
         work, ratio = Path(args.work), float(args.ratio)
         pruned = work / f"pruned-{ratio}"

@@ -35,13 +35,12 @@ and skipped when the file already has it, so the table can be built across sever
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from real_table import table
+from real_table import Rows, table
 
 from qpruner import EvalConfig, PlanSource, PruneConfig, TrainConfig, evaluate_model, finetune
 from qpruner.checkpoint import load_tokenizer
@@ -137,32 +136,6 @@ def parse_args() -> argparse.Namespace:
             args.out = str(ROOT / "results" / "real_bench_quick.json")
         args.work += "_quick"
     return args
-
-
-class Rows:
-    """The JSON file of finished rows; a row is written the moment it is done (atomic rename)."""
-
-    def __init__(self, path: Path, settings: dict, *, read_only: bool = False) -> None:
-        """``read_only`` (``--table``): any file is read, whatever settings made it; otherwise
-        one made with other settings is refused, so a resumed table never mixes two recipes."""
-        self.path, self.settings = path, settings
-        self.data = {"settings": settings, "rows": {}}
-        if path.is_file():
-            earlier = json.loads(path.read_text())
-            if earlier.get("settings") != settings and not read_only:
-                raise SystemExit(f"{path} was made with other settings; use another --out")
-            self.data = earlier
-
-    def get(self, key: str) -> dict | None:
-        return self.data["rows"].get(key)
-
-    def put(self, key: str, row: dict) -> dict:
-        self.data["rows"][key] = row
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
-        tmp.replace(self.path)
-        return row
 
 
 def evaluate(model, tokenizer, args: argparse.Namespace, corpus: Path) -> dict:

@@ -1,12 +1,42 @@
-"""real_bench's table: rows as the README shows them, the gap each row recovered, the seed spread.
+"""real_bench's results file and table: the resumable JSON of finished rows, rows as the README
+shows them, the gap each row recovered, the seed spread.
 
-Read by ``real_bench.py --table`` and by ``search_real_bench.py`` (its mean ± standard error);
-kept apart from the runs so a reader of the numbers need not read how they were made.
+Read by ``real_bench.py`` (and the benchmarks built on it: their rows are stored the same way)
+and by ``--table`` (mean ± standard error); kept apart from the runs so a reader of the numbers
+need not read how they were made.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+
+
+class Rows:
+    """The JSON file of finished rows; a row is written the moment it is done (atomic rename)."""
+
+    def __init__(self, path: Path, settings: dict, *, read_only: bool = False) -> None:
+        """``read_only`` (``--table``): any file is read, whatever settings made it; otherwise
+        one made with other settings is refused, so a resumed table never mixes two recipes."""
+        self.path, self.settings = path, settings
+        self.data = {"settings": settings, "rows": {}}
+        if path.is_file():
+            earlier = json.loads(path.read_text())
+            if earlier.get("settings") != settings and not read_only:
+                raise SystemExit(f"{path} was made with other settings; use another --out")
+            self.data = earlier
+
+    def get(self, key: str) -> dict | None:
+        return self.data["rows"].get(key)
+
+    def put(self, key: str, row: dict) -> dict:
+        self.data["rows"][key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        tmp.replace(self.path)
+        return row
 
 
 def gap_recovered(row: dict, pruned: dict, dense: dict) -> dict:

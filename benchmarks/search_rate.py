@@ -30,7 +30,7 @@ from pathlib import Path
 
 import real_bench as rb
 from rank_trade import add_scoring_args
-from real_table import mean_se
+from real_table import Rows, mean_se
 from trial_rank import recover_plans
 
 from qpruner import PruneConfig
@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def prune(rows: rb.Rows, source: dict, *, args, corpus: Path) -> Path:
+def prune(rows: Rows, source: dict, *, args, corpus: Path) -> Path:
     """The source's pruned model made again (same ratio, layers and calibration text), scored once."""
     s = source["settings"]
     pruned = Path(args.work) / f"pruned-{s['ratio']}"
@@ -134,7 +134,7 @@ def main() -> None:
     source = json.loads(Path(args.source).read_text())
     skip = ("table", "out", "work", "seeds", "plans")  # not the recipe
     settings = {k: v for k, v in vars(args).items() if k not in skip} | {"source": source["settings"]}
-    rows = rb.Rows(Path(args.out), settings, read_only=args.table)
+    rows = Rows(Path(args.out), settings, read_only=args.table)
     if not args.table:
         corpus = resolve_corpus(fallback=False)
         args.steps = source["settings"]["steps"]  # the source's recovery length (rb.recover reads it)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import real_bench as rb
 import search_rho
-from real_table import mean_se
+from real_table import Rows, mean_se
 
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
@@ -176,7 +176,7 @@ def searched(data: dict) -> dict[str, dict]:
     return {k: r for k, r in data["rows"].items() if "/seed" in k and r.get("search") == data.get("search")}
 
 
-def run_one(label: str, seed: int, rows: rb.Rows, *, args, ctx: dict, budget: int) -> None:
+def run_one(label: str, seed: int, rows: Rows, *, args, ctx: dict, budget: int) -> None:
     key = f"{label}/seed{seed}"
     if key in searched(rows.data):
         return
@@ -279,7 +279,7 @@ def figure(data: dict, minutes: float, path: Path) -> None:
     plt.close(fig)
 
 
-def finish(rows: rb.Rows, args, corpus: Path) -> None:
+def finish(rows: Rows, args, corpus: Path) -> None:
     """The performance model's held-out ρ, the table and the figure, from the stored rows."""
     pruned, budget = Path(args.work) / f"pruned-{args.ratio}", rows.data.get("budget")
     if args.table and not (pruned.is_dir() and budget):  # the work folder is gone: print what was stored
@@ -321,7 +321,7 @@ def main() -> None:
     args = parse_args()
     skip = ("table", "out", "work", "methods", "seeds", "seeded_uniform", *SEARCH_SETTINGS)
     settings = {k: v for k, v in vars(args).items() if k not in skip}
-    rows = rb.Rows(Path(args.out), settings, read_only=args.table)
+    rows = Rows(Path(args.out), settings, read_only=args.table)
     rows.data["search"] = search_settings(args)
     corpus = resolve_corpus(fallback=False)
     if args.table:

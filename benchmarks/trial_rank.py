@@ -39,7 +39,7 @@ import optuna
 import real_bench as rb
 from rank_trade import RESULTS as RANK_TRADE
 from rank_trade import add_scoring_args
-from real_table import mean_se
+from real_table import Rows, mean_se
 
 from qpruner.checkpoint import load_tokenizer
 from qpruner.plan import Plan
@@ -113,7 +113,7 @@ def build_plans(work: Path, ratio: str) -> dict[str, dict]:
     return out
 
 
-def run_trials(rows: rb.Rows, plans: dict, *, pruned: Path, corpus: Path, args) -> None:
+def run_trials(rows: Rows, plans: dict, *, pruned: Path, corpus: Path, args) -> None:
     """The search's trial of every plan at every rate and seed, seed- then rate-major."""
     steps = fidelity_steps(trial_training().steps)
     for seed in map(int, args.trial_seeds.split(",")):
@@ -135,14 +135,14 @@ def run_trials(rows: rb.Rows, plans: dict, *, pruned: Path, corpus: Path, args) 
                 print(f"{key}: " + ", ".join(f"{s} steps {e:.2f}" for s, e in curve), flush=True)
 
 
-def run_recoveries(rows: rb.Rows, plans: dict, *, pruned: Path, ctx: dict, args) -> None:
+def run_recoveries(rows: Rows, plans: dict, *, pruned: Path, ctx: dict, args) -> None:
     """rank_trade's lr x8 recovery of every plan it has not recovered itself, per seed."""
     seeds = [int(s) for s in args.recovery_seeds.split(",")]
     recover_plans(rows, plans, pruned=pruned, ctx=ctx, args=args, seeds=seeds,
                   subdir=f"trial_rank/{args.ratio}/", skip=RANK_TRADE_ROWS)  # fmt: skip
 
 
-def recover_plans(rows: rb.Rows, plans: dict, *, pruned: Path, ctx: dict, args, seeds: list[int],
+def recover_plans(rows: Rows, plans: dict, *, pruned: Path, ctx: dict, args, seeds: list[int],
                   subdir: str = "", skip=()) -> None:  # fmt: skip
     """Each plan recovered like rank_trade's lr x8 rows, per training seed, seed-major (a cut-off
     run leaves whole seeds), as rows ``recovery/NAME/seed S``; plans in ``skip`` and rows
@@ -249,7 +249,7 @@ def main() -> None:
     args = parse_args()
     skip = ("table", "out", "work", "trial_lrs", "trial_seeds", "recovery_seeds")  # not the recipe
     settings = {k: v for k, v in vars(args).items() if k not in skip}
-    rows = rb.Rows(Path(args.out), settings, read_only=args.table)
+    rows = Rows(Path(args.out), settings, read_only=args.table)
     if not args.table:
         work = Path(args.work)
         pruned = work / f"pruned-{args.ratio}"
