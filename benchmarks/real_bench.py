@@ -27,8 +27,9 @@ and skipped when the file already has it, so the table can be built across sever
 (rerunning with other settings is refused; use another ``--out``).
 
     python benchmarks/real_bench.py --quick      # <= 20 min on 2 quiet CPU cores: 20 %, 6 rows, short
-    python benchmarks/real_bench.py              # the full table (~3 h on 2 quiet CPU cores)
-    python benchmarks/real_bench.py --ratios 0.2 # one ratio (~1.5 h); the rest on a later run
+    python benchmarks/real_bench.py              # the full table (~3 h on 2 quiet cores with fast bf16;
+                                                 # many more on an AVX2-only CPU: see the README)
+    python benchmarks/real_bench.py --ratios 0.2 # one ratio (~1.5 h with bf16); the rest on a later run
     python benchmarks/real_bench.py --table      # print the table from the JSON, run nothing
 """
 
@@ -87,8 +88,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ratios", default="0.2,0.5")
     ap.add_argument("--layer-start", type=int, default=3)
     ap.add_argument("--layer-end", type=int, default=-2)
-    # Sized so both ratios fit in ~3 h on 2 CPU cores (issue 14): a recovery is 40 x 8 x 256 =
-    # 82k tokens (~5 min at ~300 tokens/s), a search 6 multi-fidelity trials of up to 10 steps.
+    # Sized so both ratios fit in ~3 h on 2 CPU cores with fast bf16 (issue 14): a recovery is
+    # 40 x 8 x 256 = 82k tokens (~5 min at ~300 tokens/s; 50-130 tokens/s in float32 on AVX2),
+    # a search 6 multi-fidelity trials of up to 10 steps.
     ap.add_argument("--steps", type=int, default=40, help="recovery optimizer steps (8 x 256 tokens each)")
     add_lr_arg(ap)
     ap.add_argument("--ppl-tokens", type=int, default=40_000)
