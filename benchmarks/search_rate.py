@@ -57,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--seeds", default="42,1,2", help="training seeds of the uniform rows (the first: all rows)"
     )
+    ap.add_argument("--plan-seeds", default="42", help="training seeds of the searched plans (comma list)")
     ap.add_argument("--work", default=str(rb.ROOT / "out" / "search_rate"))
     ap.add_argument("--model", default="smollm2-135m")
     add_scoring_args(ap, out=RESULTS)
@@ -96,7 +97,7 @@ def table(data: dict) -> str:
     runs: dict[str, list[dict]] = {}
     for key, r in data["rows"].items():
         if key.startswith("recovery/"):
-            runs.setdefault(key.split("/")[1], []).append(r)
+            runs.setdefault(key.split("/")[1], []).append(r | {"train_seed": key.split("/")[2]})
     out = [
         "| plan | fine-tuning MiB (4 × 256) | weights MiB | test ppl (runs) | task avg % |",
         "|---|---|---|---|---|",
@@ -125,14 +126,32 @@ def against_line(runs: dict[str, list[dict]]) -> list[str]:
     return [
         f"- NF4 -> int8 line at the searched plans' memory ({t:.2f} of the way): {line:.2f} ± {line_se:.2f}; "
         f"searched {mean:.2f} ± {se:.2f} over {len(searched)} plans; "
-        f"difference {gap:+.2f} ± {diff_se:.2f} ({abs(gap) / diff_se:.1f} standard errors)"
+        f"difference {gap:+.2f} ± {diff_se:.2f} ({abs(gap) / diff_se:.1f} standard errors)",
+        *paired(lo, hi, searched, t=t),
     ]
+
+
+def paired(lo: list[dict], hi: list[dict], searched: list[dict], *, t: float) -> list[str]:
+    """The same difference per training seed (the line from that seed's NF4 and int8 runs, the
+    searched plans' mean at that seed): the seed's own luck cancels, which the pooled figure's
+    standard error, over search seeds at one training seed, does not capture."""
+    low, high = ({r["train_seed"]: r["ppl"] for r in rs} for rs in (lo, hi))
+    diffs = []
+    for seed in sorted(set(low) & set(high)):
+        at = [r["ppl"] for r in searched if r["train_seed"] == seed]
+        if at:
+            diffs.append(sum(at) / len(at) - (low[seed] + t * (high[seed] - low[seed])))
+    if not diffs:
+        return []
+    mean, se = mean_se(diffs)
+    each = ", ".join(f"{d:+.2f}" for d in diffs)
+    return [f"- paired by training seed ({len(diffs)} seeds: {each}): {mean:+.2f} ± {se:.2f}"]
 
 
 def main() -> None:
     args = parse_args()
     source = json.loads(Path(args.source).read_text())
-    skip = ("table", "out", "work", "seeds", "plans")  # not the recipe
+    skip = ("table", "out", "work", "seeds", "plans", "plan_seeds")  # not the recipe
     settings = {k: v for k, v in vars(args).items() if k not in skip} | {"source": source["settings"]}
     rows = Rows(Path(args.out), settings, read_only=args.table)
     if not args.table:
@@ -143,9 +162,12 @@ def main() -> None:
         rows.put("plans", {n: {"bits": f["bits"], "loftq": f["loftq"]} for n, f in plans.items()})
         ctx = {"corpus": corpus, "tokenizer": load_tokenizer(pruned)}
         first, *more = (int(s) for s in args.seeds.split(","))
-        recover_plans(rows, plans, pruned=pruned, ctx=ctx, args=args, seeds=[first])
+        recover_plans(rows, plans, pruned=pruned, ctx=ctx, args=args, seeds=[first])  # every plan once
         uniform = {n: f for n, f in plans.items() if n in UNIFORM}
         recover_plans(rows, uniform, pruned=pruned, ctx=ctx, args=args, seeds=more)
+        searched = {n: f for n, f in plans.items() if n not in UNIFORM}
+        plan_seeds = [int(s) for s in args.plan_seeds.split(",") if int(s) != first]
+        recover_plans(rows, searched, pruned=pruned, ctx=ctx, args=args, seeds=plan_seeds)
     print(table(rows.data))
 
 
