@@ -125,7 +125,7 @@ def against_line(runs: dict[str, list[dict]]) -> list[str]:
     gap = mean - line
     return [
         f"- NF4 -> int8 line at the searched plans' memory ({t:.2f} of the way): {line:.2f} ± {line_se:.2f}; "
-        f"searched {mean:.2f} ± {se:.2f} over {len(searched)} plans; "
+        f"searched {mean:.2f} ± {se:.2f} over {len(searched)} runs; "
         f"difference {gap:+.2f} ± {diff_se:.2f} ({abs(gap) / diff_se:.1f} standard errors)",
         *paired(lo, hi, searched, t=t),
     ]
@@ -140,11 +140,11 @@ def paired(lo: list[dict], hi: list[dict], searched: list[dict], *, t: float) ->
     for seed in sorted(set(low) & set(high)):
         at = [r["ppl"] for r in searched if r["train_seed"] == seed]
         if at:
-            diffs.append(sum(at) / len(at) - (low[seed] + t * (high[seed] - low[seed])))
+            diffs.append((seed, sum(at) / len(at) - (low[seed] + t * (high[seed] - low[seed]))))
     if not diffs:
         return []
-    mean, se = mean_se(diffs)
-    each = ", ".join(f"{d:+.2f}" for d in diffs)
+    mean, se = mean_se([d for _, d in diffs])
+    each = ", ".join(f"{seed} {d:+.2f}" for seed, d in diffs)
     return [f"- paired by training seed ({len(diffs)} seeds: {each}): {mean:+.2f} ± {se:.2f}"]
 
 
