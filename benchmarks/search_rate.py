@@ -9,14 +9,14 @@ again), prunes the same model the same way, and recovers at 4e-3 exactly like ra
 ``lr x8`` rows (20 steps of 8 x 256 tokens of WikiText-2 valid.txt):
 
 - uniform QLoRA NF4, LoftQ NF4 and int8 + LoRA, each with the training seeds ``--seeds``;
-- each ``--plans`` method's plan per search seed, with the first training seed (its spread is
-  the search seeds', as in search_real_bench).
+- each ``--plans`` method's plan per search seed, with the first training seed and any others
+  in ``--plan-seeds`` (the table also pairs the comparison by training seed).
 
 Reported: test perplexity and task average per row, and the searched plans' mean against the
 NF4 -> int8 line at their predicted fine-tuning memory (linear in perplexity, as the README
 reads search_real_bench), with the standard error of the difference. Resumable per row.
 
-    python benchmarks/search_rate.py --work /path/to/work
+    python benchmarks/search_rate.py --work /path/to/work --plan-seeds 42,1
     python benchmarks/search_rate.py --table
 """
 
