@@ -113,7 +113,7 @@ def table(data: dict) -> str:
 def against_line(runs: dict[str, list[dict]]) -> list[str]:
     """Searched plans (all search seeds together) against the NF4 -> int8 line at their memory."""
     lo, hi = runs.get("QLoRA NF4"), runs.get("int8 + LoRA")
-    searched = [r for name, rs in runs.items() if " seed " in name for r in rs]
+    searched = [r for name, rs in runs.items() if name not in UNIFORM for r in rs]
     if not (lo and hi and searched):
         return []
     (m_lo, s_lo), (m_hi, s_hi) = (mean_se([r["ppl"] for r in rs]) for rs in (lo, hi))
