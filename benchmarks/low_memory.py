@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -42,7 +41,6 @@ from qpruner import PruneConfig
 from qpruner.checkpoint import load_base_model, load_tokenizer
 from qpruner.models.catalog import resolve_model_source
 from qpruner.prune.calibration import calibration_samples
-from qpruner.prune.workflow import prune_checkpoint
 from qpruner.reference import resolve_corpus
 from qpruner.search import SearchConfig
 from qpruner.search.allocation import least_damage_bits
@@ -70,12 +68,10 @@ def prepare(rows: Rows, args, corpus: Path) -> tuple[Path, Sensitivity]:
     """The pruned model (channels a multiple of 8) and its measured sensitivity, each made once."""
     pruned = Path(args.work) / f"pruned-{args.ratio}"
     if rows.get("pruned") is None:
-        t0 = time.perf_counter()
         model = resolve_model_source(args.model)  # a catalog name is fetched once, a directory kept
         cfg = PruneConfig(ratio=args.ratio, layer_start=3, layer_end=-2, channel_multiple=CHANNEL_MULTIPLE)
-        prune_checkpoint(model, pruned, cfg, str(corpus / "valid.txt"), overwrite=True, progress=False)
-        row = rb.evaluate(rb.load_model(pruned), load_tokenizer(pruned), args, corpus)
-        rows.put("pruned", row | {"wall_seconds": time.perf_counter() - t0})
+        row = rb.prune_and_score(model, pruned, cfg, args=args, corpus=corpus)
+        rows.put("pruned", row)
         print(f"pruned: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
     if rows.get("sensitivity") is None:
         cfg = SearchConfig()  # the calibration a search takes by default

@@ -88,18 +88,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ratios", default="0.2,0.5")
     ap.add_argument("--layer-start", type=int, default=3)
     ap.add_argument("--layer-end", type=int, default=-2)
-    # Sized so both ratios fit in ~3 h on 2 CPU cores with fast bf16 (issue 14): a recovery is
-    # 40 x 8 x 256 = 82k tokens (~5 min at ~300 tokens/s; 50-130 tokens/s in float32 on AVX2),
-    # a search 6 multi-fidelity trials of up to 10 steps.
-    ap.add_argument("--steps", type=int, default=40, help="recovery optimizer steps (8 x 256 tokens each)")
+    # Sized so both ratios fit in 3 h on 2 CPU cores with fast bf16 (issue 14): a recovery is
+    # 20 x 8 x 256 = 41k tokens, the recipe whose rate --lr's default was measured on (40 steps
+    # at 5e-4 made the first tables: 161 min, when the cores ran twice as fast as later), a search
+    # 4 multi-fidelity trials of up to 6 steps. Float32 on AVX2 trains at 50-130 tokens/s: hours more.
+    ap.add_argument("--steps", type=int, default=20, help="recovery optimizer steps (8 x 256 tokens each)")
     add_lr_arg(ap)
     ap.add_argument("--ppl-tokens", type=int, default=40_000)
     ap.add_argument("--limit", type=int, default=100, help="items per task (a fixed seeded sample)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--task-data", default=str(find_shared_data("zeroshot", files=["piqa.jsonl"]) or ""))
     ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
-    ap.add_argument("--search-trials", type=int, default=6)
-    ap.add_argument("--search-steps", type=int, default=10)
+    ap.add_argument("--search-trials", type=int, default=4)
+    ap.add_argument("--search-steps", type=int, default=6)
     ap.add_argument(
         "--calib-samples", type=int, default=SearchConfig.n_calib,
         help="calibration sequences (of 128 tokens) the search's layer sensitivity is measured on",
@@ -243,6 +244,15 @@ def search(pruned: Path, method: str, space: str, *, budget: int | str, args, ct
     return found.plan, len(found.summary.records), found.summary.budget
 
 
+def prune_and_score(model: str | Path, out: Path, cfg: PruneConfig, *, args, corpus: Path) -> dict:
+    """Prune ``model`` into ``out``, calibrated on ``valid.txt`` as every table's pruned model is,
+    and score it: the pruned row, with its wall time (pruning and scoring)."""
+    t0 = time.perf_counter()
+    prune_checkpoint(str(model), out, cfg, str(corpus / "valid.txt"), overwrite=True, progress=False)
+    row = evaluate(load_model(out), load_tokenizer(out), args, corpus)
+    return row | {"wall_seconds": time.perf_counter() - t0}
+
+
 def weights_midway(pruned: Path) -> int:
     """Halfway between uniform NF4's and uniform int8's weights + LoRA, priced as the search
     prices plans: where the allocation frontier says a mixed plan has room to pay."""
@@ -255,13 +265,9 @@ def run_ratio(ratio: float, rows: Rows, *, args, ctx: dict, wanted) -> None:
     pruned_dir = Path(args.work) / f"pruned-{ratio}"
     key = f"{ratio}/pruned"
     if rows.get(key) is None and wanted("pruned"):
-        t0 = time.perf_counter()
         cfg = PruneConfig(ratio=ratio, layer_start=args.layer_start, layer_end=args.layer_end)
-        prune_checkpoint(
-            ctx["model"], pruned_dir, cfg, str(ctx["corpus"] / "valid.txt"), overwrite=True, progress=False
-        )
-        row = evaluate(load_model(pruned_dir), ctx["tokenizer"], args, ctx["corpus"])
-        rows.put(key, row | {"wall_seconds": time.perf_counter() - t0})
+        row = prune_and_score(ctx["model"], pruned_dir, cfg, args=args, corpus=ctx["corpus"])
+        rows.put(key, row)
         print(f"{key}: ppl {row['ppl']:.2f}, task avg {row['task_avg']:.3f}", flush=True)
     for name, source, loftq in UNIFORM:
         key = f"{ratio}/{name}"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import real_bench as rb
@@ -36,7 +35,6 @@ from trial_rank import recover_plans
 from qpruner import PruneConfig
 from qpruner.checkpoint import load_tokenizer
 from qpruner.models.catalog import resolve_model_source
-from qpruner.prune.workflow import prune_checkpoint
 from qpruner.reference import resolve_corpus
 from qpruner.search import SearchConfig
 from qpruner.search.from_model import build_space
@@ -69,13 +67,10 @@ def prune(rows: Rows, source: dict, *, args, corpus: Path) -> Path:
     s = source["settings"]
     pruned = Path(args.work) / f"pruned-{s['ratio']}"
     if rows.get("pruned") is None:
-        t0 = time.perf_counter()
         cfg = PruneConfig(ratio=s["ratio"], layer_start=s["layer_start"], layer_end=s["layer_end"])
-        model = resolve_model_source(args.model)
-        prune_checkpoint(model, pruned, cfg, str(corpus / "valid.txt"), overwrite=True, progress=False)
-        row = rb.evaluate(rb.load_model(pruned), load_tokenizer(pruned), args, corpus)
+        row = rb.prune_and_score(resolve_model_source(args.model), pruned, cfg, args=args, corpus=corpus)
         stored = source["rows"][f"{s['ratio']}/pruned"]["ppl"]
-        rows.put("pruned", row | {"source_ppl": stored, "wall_seconds": time.perf_counter() - t0})
+        rows.put("pruned", row | {"source_ppl": stored})
         print(f"pruned: ppl {row['ppl']:.2f} (the source's: {stored:.2f})", flush=True)
     return pruned
 
