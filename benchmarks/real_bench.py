@@ -46,6 +46,7 @@ from real_table import Rows, table
 from qpruner import EvalConfig, PlanSource, PruneConfig, TrainConfig, evaluate_model, finetune
 from qpruner.checkpoint import load_tokenizer
 from qpruner.data_sources import find_shared_data
+from qpruner.device import resolve_device
 from qpruner.loader import load_model
 from qpruner.lora.export import PLAN_FILE
 from qpruner.models.catalog import resolve_model_source
@@ -95,7 +96,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20, help="recovery optimizer steps (8 x 256 tokens each)")
     add_lr_arg(ap)
     ap.add_argument("--ppl-tokens", type=int, default=40_000)
-    ap.add_argument("--limit", type=int, default=100, help="items per task (a fixed seeded sample)")
+    ap.add_argument(
+        "--limit", type=int, default=None,
+        help="items per task, a fixed seeded sample (default 100 on a CPU, all on a GPU; 0: all)",
+    )  # fmt: skip
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--task-data", default=str(find_shared_data("zeroshot", files=["piqa.jsonl"]) or ""))
     ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
@@ -124,6 +128,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--table", action="store_true", help="print the table from --out and stop")
     args = ap.parse_args()
+    if args.limit is None:  # the rule: fixed subsets on a CPU, the full sets on a GPU
+        args.limit = 100 if resolve_device().type == "cpu" else 0
+    args.limit = args.limit or None  # EvalConfig's "every item"
     if args.quick:
         # Sized to the 20 minutes on the slower of our machines (AVX2 only, float32
         # compute): 8 steps at 5e-4 with AutoMixQ took 29.4 min there (a recovered row 176-267 s,
