@@ -27,9 +27,9 @@ and skipped when the file already has it, so the table can be built across sever
 (rerunning with other settings is refused; use another ``--out``).
 
     python benchmarks/real_bench.py --quick      # <= 20 min on 2 quiet CPU cores: 20 %, 6 rows, short
-    python benchmarks/real_bench.py              # the full table (~3 h on 2 quiet cores with fast bf16;
-                                                 # many more on an AVX2-only CPU: see the README)
-    python benchmarks/real_bench.py --ratios 0.2 # one ratio (~1.5 h with bf16); the rest on a later run
+    python benchmarks/real_bench.py              # the full table (2.4 h measured on 2 cores with fast bf16;
+                                                 # hours more on an AVX2-only CPU: see the README)
+    python benchmarks/real_bench.py --ratios 0.2 # one ratio (78 min with bf16); the rest on a later run
     python benchmarks/real_bench.py --table      # print the table from the JSON, run nothing
 """
 
